@@ -1,0 +1,74 @@
+"""The one result type the predictor returns and every front end (CLI, Slicer) consumes."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .labels import LabelInfo
+from .volume import Volume
+
+
+@dataclass
+class Validity:
+    """Is the input inside the style manifold the model learned?
+
+    ``score`` is the volume's distance to the manifold (higher = further away); the input is ``valid``
+    when ``score <= threshold``. ``slice_scores`` (S,) float32 are per canonical slice (NaN where a slice
+    was skipped as empty). ``embedding_2d`` (S, 2) are the slices' positions on the manifold map
+    (PCA of style codes), for the manifold picture; ``reference_2d`` (N, 2) the training slices'.
+    """
+
+    valid: bool
+    score: float
+    threshold: float
+    slice_scores: np.ndarray
+    embedding_2d: np.ndarray | None = None
+    reference_2d: np.ndarray | None = None
+
+    @property
+    def verdict(self) -> str:
+        return "valid" if self.valid else "outside the model's competence"
+
+    def to_json(self) -> dict:
+        return {"valid": bool(self.valid), "score": round(float(self.score), 4),
+                "threshold": round(float(self.threshold), 4), "verdict": self.verdict,
+                "slice_scores": [None if not np.isfinite(s) else round(float(s), 4) for s in self.slice_scores]}
+
+
+@dataclass
+class SegmentationResult:
+    """Everything GASE says about one input volume, in the input's own geometry.
+
+    - ``labels``: uint8 label map (K, J, I); values are ``LabelInfo.value``, 0 = background.
+    - ``confidence``: float32 (K, J, I) in [0, 1], the probability that the voxel's label is right.
+    - ``reliability``: mean confidence in the predicted foreground, ``overall`` and per label name.
+    - ``validity``: input-validity verdict.
+    """
+
+    labels: Volume
+    confidence: Volume
+    label_table: tuple[LabelInfo, ...]
+    reliability_overall: float
+    reliability_per_label: dict[str, float]
+    validity: Validity
+    model_name: str = ""
+    device: str = "cpu"
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def report(self) -> dict:
+        """The JSON report written next to the outputs (``<case>_report.json``)."""
+        counts = np.bincount(self.labels.array.ravel(), minlength=256)
+        vox_ml = float(np.prod(self.labels.spacing)) / 1000.0
+        return {
+            "model": self.model_name,
+            "device": self.device,
+            "seconds": round(self.seconds, 3),
+            "validity": self.validity.to_json(),
+            "reliability": {"overall": round(float(self.reliability_overall), 4),
+                            "per_label": {k: (None if v is None or not np.isfinite(v) else round(float(v), 4))
+                                          for k, v in self.reliability_per_label.items()}},
+            "volumes_ml": {lab.name: round(float(counts[lab.value]) * vox_ml, 3) for lab in self.label_table},
+            **self.extra,
+        }
