@@ -61,7 +61,7 @@ class Reorientation:
         return np.transpose(out, inverse)
 
 
-def reorientation_for(volume: Volume, plane: str, *, max_obliquity_deg: float = 45.0) -> Reorientation:
+def reorientation_for(volume: Volume, plane: str, *, max_obliquity_deg: float = 40.0) -> Reorientation:
     """The permutation and flips bringing ``volume`` into the canonical layout of ``plane``."""
     if plane not in _LAYOUT:
         raise InputError(f"Unknown slice plane {plane!r}; use one of {', '.join(PLANES)}.")

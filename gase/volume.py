@@ -98,7 +98,7 @@ def check_geometry(ijk_to_ras: np.ndarray) -> None:
     cols = m[:3, :3]
     spacing = np.linalg.norm(cols, axis=0)
     if np.any(spacing <= 1e-6):
-        raise GeometryError(f"Voxel spacing {tuple(np.round(spacing, 6))} mm has a zero axis. Set a "
+        raise GeometryError(f"Voxel spacing {tuple(round(float(s), 6) for s in spacing)} mm has a zero axis. Set a "
                             "positive spacing in the image header.")
     d = cols / spacing[None, :]
     gram = d.T @ d
@@ -139,6 +139,9 @@ def volume_from_sitk(image) -> Volume:
     if image.GetDimension() != 3:
         raise InputError(f"The image is {image.GetDimension()}D; GASE needs a 3D volume. For a 4D series "
                          "extract one time point / channel first; a single 2D slice cannot be segmented.")
+    if "complex" in image.GetPixelIDTypeAsString():
+        raise InputError("The image has complex-valued voxels; GASE needs a real grey-scale image. Segment the "
+                         "magnitude image instead.")
     arr = sitk.GetArrayFromImage(image)
     return Volume(arr, _lps_to_ras_matrix(image.GetSpacing(), image.GetDirection(), image.GetOrigin()))
 
@@ -199,22 +202,83 @@ def read_volume(path: str | os.PathLike, *, max_voxels: int = 1024 * 1024 * 1024
         if int(np.prod(size, dtype=np.int64)) > max_voxels:
             raise InputError(f"{p}: {size} voxels is larger than GASE handles ({max_voxels} voxels). Crop or "
                              "downsample the image first.")
+        _check_nifti_complete(p)
         image = reader.Execute()
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reader error"
+        if "spacing" in first.lower():
+            raise GeometryError(f"{p}: the header gives an invalid voxel spacing ({first}). Spacing must be "
+                                "positive: fix it in the header and save the image again.") from None
         raise InputError(f"{p}: cannot be read as an image ({first}). The file may be truncated or not "
                          "what its extension says; re-export it as NRRD or NIfTI.") from None
     if image.GetDimension() == 4 and image.GetSize()[3] == 1:
         image = image[:, :, :, 0]
     if image.GetDimension() == 2:
         raise InputError(f"{p}: this is a 2D image; GASE segments 3D volumes. Load the whole series.")
-    return volume_from_sitk(image)
+    try:
+        return volume_from_sitk(image)
+    except InputError as exc:
+        raise type(exc)(f"{p}: {exc}") from None
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """Raise :class:`InputError` for a truncated NIfTI file (``.nii`` or ``.nii.gz``).
+
+    ITK reads those without complaint and fills the missing voxels, so the size the header promises
+    (``vox_offset`` + voxels x ``bitpix``) is compared with the file size, or for ``.nii.gz`` with the
+    uncompressed size in the gzip trailer (modulo 2**32), which a cut-off file does not carry.
+    """
+    import gzip
+    import struct
+
+    name = path.name.lower()
+    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
+        return
+    packed = name.endswith(".gz")
+    try:
+        with (gzip.open(path, "rb") if packed else open(path, "rb")) as f:
+            head = f.read(540)
+    except (OSError, EOFError):
+        return  # not gzip after all (or unreadable): ITK's reader gives the message
+    expected = None
+    for order in "<>":
+        if len(head) >= 348 and struct.unpack(order + "i", head[:4])[0] == 348:  # NIfTI-1
+            dims = struct.unpack(order + "8h", head[40:56])
+            bitpix = struct.unpack(order + "h", head[72:74])[0]
+            offset = int(struct.unpack(order + "f", head[108:112])[0])
+        elif len(head) >= 540 and struct.unpack(order + "i", head[:4])[0] == 540:  # NIfTI-2
+            dims = struct.unpack(order + "8q", head[16:80])
+            bitpix = struct.unpack(order + "h", head[14:16])[0]
+            offset = struct.unpack(order + "q", head[168:176])[0]
+        else:
+            continue
+        if 1 <= dims[0] <= 7 and bitpix > 0:
+            expected = max(offset, 348) + int(np.prod([max(1, d) for d in dims[1:1 + dims[0]]], dtype=np.int64)) \
+                * bitpix // 8
+        break
+    if expected is None:
+        return  # not a header we understand: let ITK judge
+    if packed:
+        with open(path, "rb") as f:
+            f.seek(-4, os.SEEK_END)
+            stored = struct.unpack("<I", f.read(4))[0]
+        complete = (stored - expected) % 2**32 < 2**20  # a little slack for extensions/padding
+    else:
+        complete = path.stat().st_size >= expected
+    if not complete:
+        raise InputError(f"{path}: the file is truncated (shorter than its header says). Copy or re-export the "
+                         "complete image.")
 
 
 def _read_dicom_folder(folder: Path, *, max_voxels: int) -> Volume:
     import SimpleITK as sitk
 
-    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or []
+    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK prints "No Series were found" to stderr itself
+    try:
+        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or []
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
     if not series:
         raise InputError(f"{folder}: no DICOM series found in this folder. Point GASE at a folder of DICOM "
                          "files or at an image file.")
@@ -228,10 +292,14 @@ def _read_dicom_folder(folder: Path, *, max_voxels: int) -> Volume:
     for f in files:
         r = sitk.ImageFileReader()
         r.SetFileName(f)
-        r.ReadImageInformation()
+        try:
+            r.ReadImageInformation()
+        except RuntimeError:
+            raise InputError(f"{folder}: the DICOM file {Path(f).name} cannot be read (damaged or truncated). "
+                             "Export the series again.") from None
         positions.append(np.asarray(r.GetOrigin(), dtype=np.float64))
     steps = np.linalg.norm(np.diff(np.stack(positions), axis=0), axis=1)
-    if np.any(steps <= 1e-6):
+    if np.any(steps <= max(1e-6, 0.05 * float(steps.max()))):  # (nearly) the same position twice
         raise InputError(f"{folder}: two DICOM files have the same slice position (duplicates or several "
                          "acquisitions). Keep one file per slice.")
     if steps.max() > 1.5 * np.median(steps):
@@ -262,6 +330,22 @@ def check_output_path(path: Path, overwrite: bool) -> None:
         raise OutputError(f"{folder}: the output folder is not writable. Choose a folder you can write to.")
 
 
+def check_output_folder(folder: Path) -> None:
+    """Raise :class:`OutputError` unless ``folder`` is, or can be created as, a writable folder (checked
+    before any work, so a long run does not fail at its very end)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{folder} is a file, not a folder. Give an output folder (it is created if missing).")
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"{folder}: cannot be created because {existing} is a file. Choose another output folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "the output folder" if existing == folder else f"{existing}, where it would be created,"
+        raise OutputError(f"{folder}: {where} is not writable. Choose a folder you can write to.")
+
+
 def atomic_write(path: Path, write_fn, *, overwrite: bool = False, suffix: str | None = None) -> Path:
     """Call ``write_fn(tmp_path)`` then rename the temporary file to ``path`` (no partial outputs)."""
     path = Path(path)
@@ -290,7 +374,7 @@ def write_volume(volume: Volume, path: str | os.PathLike, *, overwrite: bool = F
     import SimpleITK as sitk
 
     path = Path(path)
-    if not is_image_file(path):
+    if not path.name.lower().endswith(IMAGE_SUFFIXES):  # the suffix only: hidden staging names are fine here
         raise OutputError(f"{path}: unsupported output type; use .nrrd, .nii.gz or .mha.")
     image = volume_to_sitk(volume)
     return atomic_write(path, lambda tmp: sitk.WriteImage(image, str(tmp), compress), overwrite=overwrite)

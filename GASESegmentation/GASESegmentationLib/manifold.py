@@ -1,0 +1,68 @@
+"""The style-manifold picture that explains a validity verdict, as a PNG (matplotlib, no GUI backend).
+
+Left: the 2D map of style codes (PCA): the training slices the model learned from (grey) and the
+input's slices (coloured by whether each lies within the threshold). Right: each input slice's distance
+to the manifold against the calibrated threshold. Far-away input points on the left and scores above
+the line on the right are what "outside the model's competence" means.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from gase.result import Validity
+
+from .verdict import INVALID_RGB, VALID_RGB, Verdict
+
+
+def write_manifold_png(validity: Validity, path, *, size_in: tuple[float, float] = (7.0, 3.2),
+                       dpi: int = 110) -> Path:
+    """Draw the manifold picture of ``validity`` to ``path`` (PNG); returns the path."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    verdict = Verdict.from_validity(validity)
+    scores = np.asarray(validity.slice_scores, dtype=np.float64).reshape(-1)
+    fig = Figure(figsize=size_in, dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.0, 1.3]})
+
+    reference = None if validity.reference_2d is None else np.asarray(validity.reference_2d, dtype=np.float64)
+    embedding = None if validity.embedding_2d is None else np.asarray(validity.embedding_2d, dtype=np.float64)
+    if reference is not None and len(reference):
+        left.scatter(reference[:, 0], reference[:, 1], s=6, c="0.65", alpha=0.6, linewidths=0,
+                     label="training slices")
+    if embedding is not None and len(embedding):
+        per_point = scores[: len(embedding)] if scores.size >= len(embedding) else np.full(len(embedding), np.nan)
+        inside = np.where(np.isfinite(per_point), per_point <= validity.threshold, verdict.valid)
+        for keep, rgb, label in ((inside, VALID_RGB, "input slices, within threshold"),
+                                 (~inside, INVALID_RGB, "input slices, beyond threshold")):
+            if keep.any():
+                left.scatter(embedding[keep, 0], embedding[keep, 1], s=12, color=rgb, linewidths=0, label=label)
+    if reference is None and embedding is None:
+        left.text(0.5, 0.5, "no manifold map\nin this result", ha="center", va="center", transform=left.transAxes)
+    left.set_title("Style manifold (PCA of style codes)", fontsize=9)
+    left.set_xticks([])
+    left.set_yticks([])
+    if left.get_legend_handles_labels()[1]:
+        left.legend(fontsize=6, loc="best", frameon=False)
+
+    index = np.arange(scores.size)
+    finite = np.isfinite(scores)
+    if finite.any():
+        colors = np.where(scores[finite] <= validity.threshold, "tab:green", "tab:red")
+        right.bar(index[finite], scores[finite], color=colors, width=1.0)
+    right.axhline(validity.threshold, color="black", linestyle="--", linewidth=1)
+    right.text(0.01, validity.threshold, f" threshold {validity.threshold:.2f}", va="bottom", fontsize=7,
+               transform=right.get_yaxis_transform())
+    right.set_xlabel("slice (model plane)", fontsize=8)
+    right.set_ylabel("distance to manifold", fontsize=8)
+    right.tick_params(labelsize=7)
+    right.set_title(f"Volume score {validity.score:.2f}", fontsize=9)
+
+    fig.suptitle(f"{verdict.headline} ({verdict.comparison})", fontsize=10, color=verdict.rgb, fontweight="bold")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(str(path), format="png")
+    return path

@@ -1,0 +1,83 @@
+"""The input-validity verdict as words and colours: the panel banner and the slice-view text.
+
+One source for both, so the panel and the views never disagree.
+
+>>> from gase.result import Validity
+>>> import numpy as np
+>>> v = Verdict.from_validity(Validity(False, 3.2, 2.0, np.zeros(0)))
+>>> v.headline
+"Outside the model's competence"
+>>> v.slice_view_text()
+"GASE: OUTSIDE the model's competence (score 3.20 > threshold 2.00). Do not trust this result."
+"""
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+
+from gase.result import Validity
+
+VALID_RGB = (0.18, 0.62, 0.25)     # green
+INVALID_RGB = (0.85, 0.20, 0.12)   # red
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Validity of one input: ``valid`` when ``score <= threshold`` (distance to the style manifold)."""
+
+    valid: bool
+    score: float
+    threshold: float
+    reliability: float | None = None
+
+    @staticmethod
+    def from_validity(validity: Validity, reliability: float | None = None) -> "Verdict":
+        return Verdict(bool(validity.valid), float(validity.score), float(validity.threshold), reliability)
+
+    @staticmethod
+    def from_json(report: dict) -> "Verdict":
+        """From a ``<case>_report.json`` dict (``validity`` and optional ``reliability`` entries)."""
+        v = report["validity"]
+        rel = report.get("reliability", {}).get("overall")
+        return Verdict(bool(v["valid"]), float(v["score"]), float(v["threshold"]),
+                       None if rel is None else float(rel))
+
+    @property
+    def headline(self) -> str:
+        return "Input valid" if self.valid else "Outside the model's competence"
+
+    @property
+    def comparison(self) -> str:
+        sign = "<=" if self.valid else ">"
+        return f"score {self.score:.2f} {sign} threshold {self.threshold:.2f}"
+
+    @property
+    def rgb(self) -> tuple[float, float, float]:
+        return VALID_RGB if self.valid else INVALID_RGB
+
+    @property
+    def hex_color(self) -> str:
+        return "#" + "".join(f"{round(c * 255):02x}" for c in self.rgb)
+
+    def slice_view_text(self) -> str:
+        """One line for the slice views."""
+        if self.valid:
+            text = f"GASE: input valid ({self.comparison})"
+            if self.reliability is not None:
+                text += f", reliability {self.reliability:.2f}"
+            return text
+        return f"GASE: OUTSIDE the model's competence ({self.comparison}). Do not trust this result."
+
+    def explanation(self) -> str:
+        if self.valid:
+            return ("The image style lies within the range of images the model learned from, so its "
+                    "segmentation and confidence can be used (review low-confidence regions).")
+        return ("The image style is far from every image the model learned from (other sequence, modality, "
+                "anatomy or a corrupted image). The segmentation and the confidence map are not reliable.")
+
+    def banner_html(self) -> str:
+        """Rich text for the module panel's banner label."""
+        rel = "" if self.reliability is None else f" &nbsp;|&nbsp; reliability {self.reliability:.2f}"
+        return (f"<div style='background-color:{self.hex_color}; color:white; padding:6px;'>"
+                f"<b>{html.escape(self.headline)}</b> &nbsp; ({html.escape(self.comparison)}){rel}"
+                f"<br/><small>{html.escape(self.explanation())}</small></div>")

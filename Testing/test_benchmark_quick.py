@@ -1,0 +1,95 @@
+"""Smoke test of the domain-generalisation benchmark code: ``--quick`` end to end on the CPU.
+
+Tiny phantoms (scale 0.5), 2 test subjects, 2 unseen styles and 1 volume per OOD kind, 10 training
+iterations per model: it checks that every stage runs and writes well-formed outputs, not the numbers
+(no targets here). About two minutes on 2 CPU cores.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the benchmarks/ package lives at the root
+
+from benchmarks import report  # noqa: E402
+from benchmarks.dg_benchmark import main  # noqa: E402
+
+PLOTS = ["dice_per_style.png", "reliability_diagram.png", "risk_coverage.png", "validity.png", "style_manifold.png",
+         "qualitative_knee.png", "qualitative_pelvis.png"]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("bench") / "quick"
+    main(["--quick", "--out", str(out), "--device", "cpu", "--threads", "1"])
+    return out, json.loads((out / "results.json").read_text())
+
+
+def _in(x, lo, hi):
+    return x is None or (lo <= x <= hi)  # None = not defined (e.g. one class only), allowed in a smoke run
+
+
+@pytest.mark.slow
+def test_quick_run_writes_every_output(quick_run):
+    out, res = quick_run
+    for name in ["results.json", "RESULTS.md", "panel.npz", *PLOTS]:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    for a in ("knee", "pelvis"):
+        for m in ("erm", "randcurve", "gase"):
+            assert (out / "models" / f"{a}-{m}" / "model.json").is_file()
+    meta = res["meta"]
+    assert meta["mode"] == "quick" and meta["iterations"] == 10 and meta["machine"].startswith("CPU")
+    assert meta["torch"] == torch.__version__
+    assert {"data", "train knee/gase", "evaluate pelvis/erm", "plots", "total"} <= set(meta["wall_s"])
+    md = (out / "RESULTS.md").read_text()
+    assert "Quick smoke run" in md and "| GASE |" in md
+
+
+@pytest.mark.slow
+def test_quick_run_metrics_are_in_range(quick_run):
+    _, res = quick_run
+    for a, entry in res["anatomies"].items():
+        assert len(entry["unseen_styles"]) == 2
+        for m, d in entry["methods"].items():
+            recs = d["records"]
+            test = [r for r in recs if r["group"] in ("source", "unseen")]
+            assert len(test) == 2 * 3 and len([r for r in recs if r["group"] == "ood"]) == 6
+            for r in test:
+                assert all(_in(v, 0, 1) for v in r["dice"].values()), r["dice"]
+                assert all(v is None or v >= 0 for v in r["hd95"].values())
+            s = d["summary"]
+            seg = s["segmentation"]
+            assert _in(seg["source"]["dice"], 0, 1) and _in(seg["unseen"]["dice"], 0, 1)
+            for sc in ("confidence", "msp", "entropy"):
+                v = s["confidence"]["voxel"][sc]
+                assert _in(v["auroc_all"], 0, 1) and _in(v["auroc_near"], 0, 1)
+                assert _in(v.get("ece_all"), 0, 1)
+                assert _in(s["confidence"]["volume"][sc]["spearman"], -1, 1)
+                assert _in(s["confidence"]["volume"][sc]["aurc"], 0, 1)
+            val = s["validity"]
+            assert _in(val["auroc"], 0, 1) and _in(val["false_invalid_source"], 0, 1)
+            assert set(val["detected"]) == {"ct", "other_anatomy", "noise", "motion", "inverted", "wrong_orientation"}
+            assert math.isclose(val["roc"]["fpr"][-1], 1.0) and math.isclose(val["roc"]["tpr"][-1], 1.0)
+
+
+@pytest.mark.slow
+def test_readme_results_section_is_rewritten_only_between_markers(quick_run, tmp_path):
+    out, _ = quick_run
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\nIntro.\n\n{report.BEGIN}\nold numbers\n{report.END}\n\n## After\n")
+    assert report.main([str(out), "--update-readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "old numbers" not in text and "## Results" in text and "GASE measure" in text and "quick run" in text
+    assert text.startswith("# Title\n\nIntro.\n\n" + report.BEGIN) and text.endswith(report.END + "\n\n## After\n")
+    assert f"]({out.name}/dice_per_style.png)" in text or "dice_per_style.png)" in text
+    plain = tmp_path / "PLAIN.md"
+    plain.write_text("# No markers\n")
+    report.main([str(out), "--update-readme", str(plain)])
+    assert plain.read_text() == "# No markers\n"

@@ -1,0 +1,80 @@
+"""Predictor: outputs in range and in the input geometry, orientation invariance, determinism."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gase.errors import CancelledError, InputError
+from gase.predictor import Predictor
+from gase.volume import Volume
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_model):
+    return Predictor.from_folder(tiny_model, device="cpu")
+
+
+def test_outputs_in_range_and_geometry(predictor, knee_cases):
+    img, _ = knee_cases[4]
+    res = predictor.predict(img)
+    assert res.labels.array.dtype == np.uint8 and res.labels.shape == img.shape
+    assert res.confidence.array.dtype == np.float32 and res.confidence.shape == img.shape
+    np.testing.assert_array_equal(res.labels.ijk_to_ras, img.ijk_to_ras)
+    c = res.confidence.array
+    assert c.min() >= 0.0 and c.max() <= 1.0
+    assert set(np.unique(res.labels.array)) <= {0, 1, 2, 3, 4}
+    assert len(res.validity.slice_scores) == img.shape[0]  # knee: k is the sagittal slice axis
+    rep = res.report()
+    assert set(rep["validity"]) >= {"valid", "score", "threshold"}
+    assert set(rep["reliability"]["per_label"]) == {"femur", "femoral cartilage", "tibia", "tibial cartilage"}
+
+
+def test_same_input_same_output(predictor, knee_cases):
+    img, _ = knee_cases[4]
+    a, b = predictor.predict(img), predictor.predict(img)
+    np.testing.assert_array_equal(a.labels.array, b.labels.array)
+    np.testing.assert_array_equal(a.confidence.array, b.confidence.array)
+    assert a.validity.score == b.validity.score
+
+
+def test_orientation_invariance_in_world_space(predictor, knee_cases):
+    """The same knee stored axially-permuted and flipped gives the same labels at the same world points."""
+    img, _ = knee_cases[4]
+    ref = predictor.predict(img)
+    # permute array axes (k,j,i) -> (j,i,k) and flip one: update IJK-to-RAS to keep world positions
+    arr = np.transpose(img.array, (1, 2, 0))[:, ::-1, :]
+    m = img.ijk_to_ras
+    cols = m[:3, :3]
+    # new voxel axes: i' = old k, j' = old i (flipped), k' = old j
+    new_cols = np.stack([cols[:, 2], -cols[:, 0], cols[:, 1]], axis=1)
+    origin = m[:3, 3] + cols[:, 0] * (img.shape[2] - 1)
+    m2 = np.eye(4)
+    m2[:3, :3] = new_cols
+    m2[:3, 3] = origin
+    moved = Volume(np.ascontiguousarray(arr), m2)
+    # sanity: voxel (i',j',k') = (k, I-1-i, j) of the original sits at the same RAS point
+    k, j, i = 2, 3, 4
+    p_old = m @ np.array([i, j, k, 1.0])
+    p_new = m2 @ np.array([k, img.shape[2] - 1 - i, j, 1.0])
+    np.testing.assert_allclose(p_old, p_new)
+    res = predictor.predict(moved)
+    back = np.transpose(res.labels.array[:, ::-1, :], (2, 0, 1))
+    np.testing.assert_array_equal(back, ref.labels.array)
+    np.testing.assert_allclose(np.transpose(res.confidence.array[:, ::-1, :], (2, 0, 1)), ref.confidence.array,
+                               atol=1e-5)
+    assert res.validity.score == pytest.approx(ref.validity.score, rel=1e-4)
+
+
+def test_cancel_stops_without_output(predictor, knee_cases):
+    img, _ = knee_cases[4]
+    with pytest.raises(CancelledError):
+        predictor.predict(img, cancel=lambda: True)
+
+
+@pytest.mark.parametrize("array, message", [
+    (np.full((8, 40, 40), 3.0, np.float32), "constant"),
+    (np.where(np.arange(8 * 40 * 40).reshape(8, 40, 40) % 7 == 0, np.nan, 1.0).astype(np.float32), "NaN"),
+])
+def test_bad_voxels_get_clear_errors(predictor, array, message):
+    with pytest.raises(InputError, match=message):
+        predictor.predict(Volume(array, np.eye(4)))

@@ -1,0 +1,64 @@
+"""The validity verdict's wording (panel banner, slice-view text) and the style-manifold picture."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gase.result import Validity
+
+
+def test_valid_and_invalid_texts():
+    from GASESegmentationLib.verdict import Verdict
+
+    valid = Verdict.from_validity(Validity(True, 1.234, 2.0, np.zeros(3)), reliability=0.871)
+    assert valid.headline == "Input valid"
+    assert valid.slice_view_text() == "GASE: input valid (score 1.23 <= threshold 2.00), reliability 0.87"
+    assert valid.hex_color == "#2e9e40"
+    invalid = Verdict.from_validity(Validity(False, 3.5, 2.0, np.zeros(3)))
+    assert invalid.headline == "Outside the model's competence"
+    assert invalid.slice_view_text().startswith("GASE: OUTSIDE the model's competence (score 3.50 > threshold 2.00)")
+    html = invalid.banner_html()
+    assert "Outside the model&#x27;s competence" in html and "score 3.50 &gt; threshold 2.00" in html
+    assert invalid.hex_color in html
+    report = {"validity": {"valid": False, "score": 3.5, "threshold": 2.0}, "reliability": {"overall": 0.4}}
+    assert Verdict.from_json(report) == Verdict(False, 3.5, 2.0, 0.4)
+
+
+def _png(path):
+    import vtk
+    from vtk.util import numpy_support
+
+    reader = vtk.vtkPNGReader()
+    reader.SetFileName(str(path))
+    reader.Update()
+    image = reader.GetOutput()
+    w, h, _ = image.GetDimensions()
+    return numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(h, w, -1)[::-1, :, :3].astype(int)
+
+
+@pytest.mark.parametrize("valid", [True, False])
+def test_manifold_picture_shows_the_input_against_the_training_styles(tmp_path, knee_result, valid):
+    from GASESegmentationLib.manifold import write_manifold_png
+
+    validity = knee_result(shape=(12, 30, 30), valid=valid).result.validity
+    path = write_manifold_png(validity, tmp_path / "manifold.png")
+    px = _png(path)
+    assert px.shape[0] > 250 and px.shape[1] > 600
+    left = px[:, : px.shape[1] // 2].reshape(-1, 3)
+    grey = (np.abs(left - 166).max(axis=1) < 40) & (np.ptp(left, axis=1) < 12)
+    green = (left[:, 1] > left[:, 0] + 50) & (left[:, 1] > left[:, 2] + 50)
+    red = (left[:, 0] > left[:, 1] + 80) & (left[:, 0] > left[:, 2] + 80)
+    assert grey.sum() > 200                         # training slices
+    assert (green.sum() > 50) == valid              # input slices within the threshold ...
+    assert (red.sum() > 50) == (not valid)          # ... or beyond it
+    # The title carries the verdict colour: the top strip has it.
+    top = px[:30].reshape(-1, 3)
+    title = (top[:, 1] > top[:, 0] + 50) if valid else (top[:, 0] > top[:, 1] + 80)
+    assert title.sum() > 20
+
+
+def test_manifold_picture_without_map_points(tmp_path):
+    from GASESegmentationLib.manifold import write_manifold_png
+
+    validity = Validity(False, 2.5, 2.0, np.array([1.0, np.nan, 3.0], np.float32))
+    assert write_manifold_png(validity, tmp_path / "m.png").stat().st_size > 1000

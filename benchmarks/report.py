@@ -1,0 +1,239 @@
+"""Markdown tables from ``results.json``: ``RESULTS.md`` in the results folder, and the README's "Results"
+section between ``<!-- RESULTS:BEGIN -->`` and ``<!-- RESULTS:END -->`` (only there; the rest of the
+README is left alone, and without the markers the README is not touched).
+
+Regenerate from an existing run (no training)::
+
+    python -m benchmarks.report benchmarks/results/full --plots --update-readme
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+BEGIN, END = "<!-- RESULTS:BEGIN -->", "<!-- RESULTS:END -->"
+METHOD_NAMES = {"erm": "ERM U-Net (standard aug.)", "randcurve": "Random intensity curves (peer)", "gase": "GASE"}
+PLOTS = ("dice_per_style.png", "reliability_diagram.png", "risk_coverage.png", "validity.png", "style_manifold.png")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _f(x, nd: int = 3, pct: bool = False) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    return f"{100 * x:.0f}%" if pct else f"{x:.{nd}f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def _targets(res: dict) -> list[str]:
+    """GASE against the targets of benchmark.md, one column per anatomy."""
+    anats = list(res["anatomies"])
+    rows = []
+
+    def get(a, m, *path):
+        d = res["anatomies"][a]["methods"].get(m, {}).get("summary")
+        for p in path:
+            if d is None:
+                return float("nan")
+            d = d.get(p)
+        return float("nan") if d is None else d
+
+    def cell(ok, text):
+        return ("n/a" if ok is None else ("met: " if ok else "missed: ")) + text
+
+    specs = [
+        ("mean Dice, unseen styles", ">= 0.85, >= ERM + 0.10, > peer", lambda a: (
+            get(a, "gase", "segmentation", "unseen", "dice"), get(a, "erm", "segmentation", "unseen", "dice"),
+            get(a, "randcurve", "segmentation", "unseen", "dice"))),
+        ("source-style Dice", "within 0.02 of ERM", lambda a: (
+            get(a, "gase", "segmentation", "source", "dice"), get(a, "erm", "segmentation", "source", "dice"))),
+        ("voxel failure AUROC (all voxels / near structures)", ">= 0.90", lambda a: (
+            get(a, "gase", "confidence", "voxel", "confidence", "auroc_all"),
+            get(a, "gase", "confidence", "voxel", "confidence", "auroc_near"))),
+        ("ECE, 15 bins (all voxels / near structures)", "<= 0.05", lambda a: (
+            get(a, "gase", "confidence", "voxel", "confidence", "ece_all"),
+            get(a, "gase", "confidence", "voxel", "confidence", "ece_near"))),
+        ("Spearman(volume reliability, Dice)", ">= 0.8", lambda a: (
+            get(a, "gase", "confidence", "volume", "confidence", "spearman"),)),
+        ("validity AUROC in vs OOD / false-invalid on source", ">= 0.98 / <= 1%", lambda a: (
+            get(a, "gase", "validity", "auroc"), get(a, "gase", "validity", "false_invalid_source"))),
+    ]
+    checks = [
+        lambda v: (None if not all(map(math.isfinite, v)) else v[0] >= 0.85 and v[0] >= v[1] + 0.10 and v[0] > v[2],
+                   f"{_f(v[0])} (ERM {_f(v[1])}, peer {_f(v[2])})"),
+        lambda v: (None if not all(map(math.isfinite, v)) else abs(v[0] - v[1]) <= 0.02, f"{_f(v[0])} vs ERM {_f(v[1])}"),
+        lambda v: (None if not math.isfinite(v[0]) else v[0] >= 0.90, f"{_f(v[0])} / {_f(v[1])}"),
+        lambda v: (None if not math.isfinite(v[0]) else v[0] <= 0.05, f"{_f(v[0])} / {_f(v[1])}"),
+        lambda v: (None if not math.isfinite(v[0]) else v[0] >= 0.8, _f(v[0], 2)),
+        lambda v: (None if not all(map(math.isfinite, v)) else v[0] >= 0.98 and v[1] <= 0.01,
+                   f"{_f(v[0])} / {_f(v[1], pct=True)}"),
+    ]
+    for (name, target, fn), check in zip(specs, checks):
+        rows.append([name, target] + [cell(*check(fn(a))) for a in anats])
+    return _table(["GASE measure", "target", *anats], rows)
+
+
+def _segmentation(a: dict) -> list[str]:
+    styles = [a["source_style"], *a["unseen_styles"]]
+    header = ["method", f"{a['source_style']} (source)", *a["unseen_styles"], "unseen mean", "drop",
+              "HD95 source (mm)", "HD95 unseen (mm)"]
+    rows = []
+    for m, d in a["methods"].items():
+        s = d["summary"]["segmentation"]
+        rows.append([METHOD_NAMES.get(m, m), *(_f(s["per_style"][st]["dice"]) for st in styles),
+                     f"**{_f(s['unseen']['dice'])}**", _f(s["drop"]), _f(s["source"]["hd95"], 1),
+                     _f(s["unseen"]["hd95"], 1)])
+    return _table(header, rows)
+
+
+def _per_class(a: dict) -> list[str]:
+    names = a["label_names"]
+    rows = []
+    for m, d in a["methods"].items():
+        s = d["summary"]["segmentation"]
+        for g in ("source", "unseen"):
+            rows.append([METHOD_NAMES.get(m, m), g, *(_f(s[g]["per_class"][n]) for n in names)])
+    return _table(["method", "styles", *names], rows)
+
+
+def _confidence(a: dict) -> list[str]:
+    rows, oracle = [], []
+    label = {"confidence": "confidence head", "msp": "max softmax prob.", "entropy": "entropy"}
+    for m, d in a["methods"].items():
+        c = d["summary"]["confidence"]
+        for sc in ("confidence", "msp", "entropy"):
+            v, vol = c["voxel"][sc], c["volume"][sc]
+            rows.append([METHOD_NAMES.get(m, m), label[sc], _f(v["auroc_all"]), _f(v["auroc_near"]),
+                         _f(v.get("ece_all")), _f(v.get("ece_near")), _f(vol["spearman"], 2), _f(vol["aurc"], 4)])
+        oracle.append(f"{METHOD_NAMES.get(m, m)}: oracle {_f(c['volume']['oracle']['aurc'], 4)}, "
+                      f"random {_f(c['volume']['random']['aurc'], 4)}")
+    return _table(["method", "score", "failure AUROC (all voxels)", "AUROC near structures", "ECE all",
+                   "ECE near", "Spearman(reliability, Dice)", "AURC"], rows) + ["", "AURC for reference: " +
+                                                                                 "; ".join(oracle) + "."]
+
+
+def _validity(a: dict) -> list[str]:
+    rows, kinds = [], None
+    for m, d in a["methods"].items():
+        v = d["summary"]["validity"]
+        kinds = kinds or list(v["detected"])
+        rows.append([METHOD_NAMES.get(m, m), _f(v["auroc"]), _f(v["false_invalid_source"], pct=True),
+                     *(_f(v["detected"][k], pct=True) for k in kinds),
+                     _f(float(np.nanmean(list(v["flagged_unseen"].values()) or [np.nan])), pct=True),
+                     _f(v["spearman_score_dice_unseen"], 2)])
+    return _table(["method", "AUROC in vs OOD", "false-invalid (source)", *(f"flagged: {k}" for k in kinds or []),
+                   "flagged: unseen MR styles", "Spearman(score, Dice), unseen"], rows)
+
+
+def run_line(meta: dict) -> str:
+    """One sentence: which run, on which machine, with which budget."""
+    wall = meta.get("wall_s", {})
+    budget = meta.get("train_seconds_budget")
+    sized = f", sized by a timing probe to about {budget:.0f} s of training in all" if budget else ""
+    train_s = sum(v.get("seconds", 0.0) for v in meta.get("training", {}).values())
+    return (f"{meta['mode']} run of {meta['date']} on **{meta['machine']}** (torch {meta['torch']}, MONAI "
+            f"{meta['monai']}): {meta['iterations']} training iterations per model (batch {meta['batch_size']}, crop "
+            f"{meta['crop']}, the same for every method{sized}); phantom scale {meta['scale']}, "
+            f"{meta['test_subjects']} test subjects per style, {meta['ood_subjects']} per OOD kind; wall time "
+            f"{wall.get('total', float('nan')):.0f} s in all, {train_s:.0f} s of it training.")
+
+
+def build_markdown(res: dict, image_prefix: str = "") -> str:
+    """The full results page (RESULTS.md); ``image_prefix`` is prepended to the plot file names."""
+    meta = res["meta"]
+    line = run_line(meta)
+    out = ["# GASE single-source domain-generalisation benchmark", "", line[0].upper() + line[1:], ""]
+    capped = [f"{k} ({v['iterations']})" for k, v in meta.get("training", {}).items()
+              if v.get("iterations", meta["iterations"]) < meta["iterations"]]
+    if capped:
+        out += [f"> **Warning:** the time cap stopped these models before {meta['iterations']} iterations: "
+                f"{', '.join(capped)}; their comparison is not at an equal budget.", ""]
+    if meta["mode"] == "quick":
+        out += ["> **Quick smoke run** of the benchmark code: tiny phantoms and a few iterations. The numbers below",
+                "> measure nothing; run the full benchmark (`benchmarks/run_full.sh`) for results.", ""]
+    out += ["## GASE against the targets", "", *_targets(res), ""]
+    for name, a in res["anatomies"].items():
+        out += [f"## {name.capitalize()}", "", "Mean Dice per style (test volumes), HD95 medians:", "",
+                *_segmentation(a), "", "Dice per class:", "", *_per_class(a), "",
+                "Confidence (voxels of all test volumes; 'near structures' = predicted or true foreground dilated "
+                "by 2 voxels). Volume reliability = mean score over the predicted foreground:", "",
+                *_confidence(a), "",
+                "Input validity (in = source-style test volumes, OOD = the kinds below; unseen MR styles reported "
+                "apart):", "", *_validity(a), "",
+                f"![qualitative {name}]({image_prefix}qualitative_{name}.png)", ""]
+    out += ["## Plots", ""] + [f"![{p[:-4]}]({image_prefix}{p})" for p in PLOTS] + [""]
+    out += ["## Wall time per stage (s)", "", *_table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in
+                                                                            meta.get("wall_s", {}).items()]), ""]
+    return "\n".join(out)
+
+
+def build_readme_section(res: dict, results_dir: Path, readme: Path) -> str:
+    """The README's Results section: run line, targets and Dice tables, plots, a link to RESULTS.md."""
+    rel = Path(os.path.relpath(results_dir, readme.parent)).as_posix()
+    out = ["## Results", "", f"Generated by `python -m benchmarks.report {rel} --update-readme` from the "
+           + run_line(res["meta"]), ""]
+    if res["meta"]["mode"] == "quick":
+        out += ["> **Quick smoke run**: these numbers measure nothing; see `benchmarks/run_full.sh`.", ""]
+    out += [*_targets(res), ""]
+    for name, a in res["anatomies"].items():
+        out += [f"**{name.capitalize()}**, mean Dice per style:", "", *_segmentation(a), ""]
+    out += [f"![Dice per style]({rel}/dice_per_style.png)", f"![validity]({rel}/validity.png)", "",
+            f"All tables (confidence, validity, per class) and plots: [{rel}/RESULTS.md]({rel}/RESULTS.md).", ""]
+    return "\n".join(out)
+
+
+def update_readme(readme: Path, section: str) -> bool:
+    """Replace the text between the markers with ``section``; False (README untouched) without markers."""
+    if not readme.exists():
+        return False
+    text = readme.read_text()
+    i, j = text.find(BEGIN), text.find(END)
+    if i < 0 or j < i:
+        return False
+    readme.write_text(text[: i + len(BEGIN)] + "\n" + section.rstrip() + "\n" + text[j:])
+    return True
+
+
+def write_reports(res: dict, results_dir: Path, readme: Path | None = None) -> list[str]:
+    """Write RESULTS.md; with ``readme``, update its Results section. Returns what was written, as messages."""
+    results_dir = Path(results_dir)
+    (results_dir / "RESULTS.md").write_text(build_markdown(res))
+    msgs = [f"wrote {results_dir / 'RESULTS.md'}"]
+    if readme is not None:
+        if update_readme(readme, build_readme_section(res, results_dir, readme)):
+            msgs.append(f"updated the Results section of {readme}")
+        else:
+            msgs.append(f"{readme} has no {BEGIN} ... {END} markers (or does not exist): left untouched; "
+                        f"the results are in {results_dir / 'RESULTS.md'}")
+    return msgs
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Rewrite RESULTS.md (and optionally plots / the README section) "
+                                 "from a results folder's results.json.")
+    ap.add_argument("results", type=Path, help="results folder of a benchmark run (holds results.json)")
+    ap.add_argument("--plots", action="store_true", help="also redraw the plots")
+    ap.add_argument("--update-readme", nargs="?", const=ROOT / "README.md", type=Path, default=None,
+                    metavar="README", help="rewrite the README's Results section (default: the repository README)")
+    args = ap.parse_args(argv)
+    res = json.loads((args.results / "results.json").read_text())
+    if args.plots:
+        from .plots import make_all
+
+        panel = np.load(args.results / "panel.npz") if (args.results / "panel.npz").exists() else {}
+        for p in make_all(res, dict(panel), args.results):
+            print(f"wrote {p}")
+    for m in write_reports(res, args.results, args.update_readme):
+        print(m)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

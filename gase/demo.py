@@ -1,0 +1,142 @@
+"""``gase demo``: the shipped model on generated sample knees, outputs plus an overview PNG.
+
+Three sample inputs are generated (nothing is downloaded): a knee in the model's source style, the
+same kind of knee in a sequence the model never saw, and a CT-like rendering it must flag as
+outside its competence. Each is written as NRRD, segmented through the same path as ``gase
+segment``, and summarised in ``overview.png`` (image, mask, confidence, validity verdict, and the
+style-manifold map that explains the verdict).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from .errors import OutputError
+
+DEMO_UNSEEN_STYLE = "t1_se"
+DEMO_SEED = 9001
+
+
+def sample_inputs(out_dir: Path, anatomy: str, source_style: str, overwrite: bool) -> list[tuple[str, Path, str]]:
+    """Write the demo inputs; returns (case, path, description) triples."""
+    from .phantoms import make_case, make_ood
+    from .volume import write_volume
+
+    data_dir = out_dir / "sample_data"
+    cases = []
+    img, _ = make_case(anatomy, source_style, DEMO_SEED)
+    cases.append((f"{anatomy}_{source_style}", img, f"{anatomy}, {source_style} (the model's training style)"))
+    img, _ = make_case(anatomy, DEMO_UNSEEN_STYLE, DEMO_SEED + 1)
+    cases.append((f"{anatomy}_{DEMO_UNSEEN_STYLE}", img, f"{anatomy}, {DEMO_UNSEEN_STYLE} (a sequence never seen in training)"))
+    img = make_ood("ct", anatomy, DEMO_SEED + 2)
+    cases.append((f"{anatomy}_ct_like", img, f"{anatomy}, CT-like image (not MR: must be flagged)"))
+    out = []
+    for case, vol, desc in cases:
+        path = data_dir / f"{case}.nrrd"
+        if not path.exists() or overwrite:
+            write_volume(vol, path, overwrite=True)
+        out.append((case, path, desc))
+    return out
+
+
+def render_overview(rows: list[dict], path: Path, title: str) -> Path:
+    """rows: dicts with image (H, W), labels (H, W), confidence (H, W), label_table, report, desc, embedding,
+    reference. Writes one PNG: a row per case plus the style-manifold map."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    n = len(rows)
+    fig = plt.figure(figsize=(16, 3.9 * n + 0.6), dpi=90)
+    gs = fig.add_gridspec(n, 5, width_ratios=[1, 1, 1, 0.05, 1.25], wspace=0.12, hspace=0.28)
+    fig.suptitle(title, fontsize=14, y=0.995)
+    ax_map = fig.add_subplot(gs[:, 4])
+    colors = ["tab:green", "tab:orange", "tab:red", "tab:purple"]
+    for r, row in enumerate(rows):
+        img, lab, conf = row["image"], row["labels"], row["confidence"]
+        table = row["label_table"]
+        cmap_lab = np.zeros((max(t.value for t in table) + 1, 4))
+        for t in table:
+            cmap_lab[t.value] = (*t.color, 0.55)
+        ax = fig.add_subplot(gs[r, 0])
+        ax.imshow(img, cmap="gray")
+        ax.set_title(row["desc"], fontsize=9)
+        ax.axis("off")
+        ax = fig.add_subplot(gs[r, 1])
+        ax.imshow(img, cmap="gray")
+        ax.imshow(lab, cmap=ListedColormap(cmap_lab), interpolation="nearest", vmin=0, vmax=len(cmap_lab) - 1)
+        rel = row["report"]["reliability"]
+        ax.set_title("GASE mask  (reliability " + (f"{rel['overall']:.2f})" if rel["overall"] is not None else "n/a)"),
+                     fontsize=9)
+        ax.axis("off")
+        ax = fig.add_subplot(gs[r, 2])
+        ax.imshow(img, cmap="gray")
+        im = ax.imshow(np.ma.masked_where(conf > 0.999, conf), cmap="inferno", vmin=0, vmax=1, alpha=0.85)
+        v = row["report"]["validity"]
+        ok = v["valid"]
+        ax.set_title(("VALID" if ok else "OUTSIDE MODEL'S COMPETENCE") + f"  score {v['score']:.2f} / thr {v['threshold']:.2f}",
+                     fontsize=9, color="darkgreen" if ok else "red", fontweight="bold")
+        ax.axis("off")
+        cax = fig.add_subplot(gs[r, 3])
+        fig.colorbar(im, cax=cax, label="confidence")
+        emb = np.asarray(row["embedding"])
+        if r == 0:
+            ref = np.asarray(row["reference"])
+            ax_map.scatter(ref[:, 0], ref[:, 1], s=6, c="lightgray", label="training slices")
+        ax_map.scatter(emb[:, 0], emb[:, 1], s=10, c=colors[r % len(colors)], label=row["case"])
+    for t in rows[0]["label_table"]:
+        ax_map.scatter([], [], marker="s", c=[t.color], label=t.name)
+    ax_map.set_title("Style manifold (PCA of style codes)\nfar from the grey cloud = outside the model's competence",
+                     fontsize=10)
+    ax_map.legend(fontsize=8, loc="best")
+    ax_map.set_xlabel("PC 1")
+    ax_map.set_ylabel("PC 2")
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from .model_card import default_model_folder
+    from .orientation import reorientation_for
+    from .phantoms import SOURCE_STYLE
+    from .predictor import Predictor
+    from .segment_job import output_paths, write_outputs
+    from .volume import check_output_path, read_volume
+
+    out_dir = Path(args.out)
+    overview = out_dir / "overview.png"
+    check_output_path(overview, args.overwrite)
+    predictor = Predictor.from_folder(args.model or default_model_folder(), device=args.device)
+    card = predictor.card
+    print(f"GASE demo: model '{card.title}' ({card.name} {card.version}) on {predictor.device.type}")
+    inputs = sample_inputs(out_dir, card.anatomy, card.training.get("source_style", SOURCE_STYLE[card.anatomy]),
+                           args.overwrite)
+    for case, _, _ in inputs:
+        for p in output_paths(out_dir, case).values():
+            check_output_path(p, args.overwrite)
+    rows = []
+    for case, path, desc in inputs:
+        volume = read_volume(path)
+        result = predictor.predict(volume)
+        paths = write_outputs(result, out_dir, case, overwrite=args.overwrite)
+        v = result.validity
+        print(f"  {case:22s} {'VALID' if v.valid else 'NOT VALID':9s} score {v.score:7.2f} (threshold {v.threshold:.2f})"
+              f"  reliability {result.reliability_overall:.3f}  {result.seconds:.1f} s  -> {paths['segmentation'].name}")
+        reo = reorientation_for(volume, card.plane)
+        lab_c = reo.forward(result.labels.array)
+        s = int(np.argmax((lab_c > 0).reshape(lab_c.shape[0], -1).sum(1))) if lab_c.any() else lab_c.shape[0] // 2
+        rows.append({"case": case, "desc": desc, "image": reo.forward(volume.array)[s],
+                     "labels": lab_c[s], "confidence": reo.forward(result.confidence.array)[s],
+                     "label_table": result.label_table, "report": result.report(),
+                     "embedding": result.validity.embedding_2d, "reference": result.validity.reference_2d})
+    try:
+        render_overview(rows, overview, f"GASE demo - {card.title}")
+    except OSError as exc:
+        raise OutputError(f"{overview}: cannot write the overview ({exc}).") from None
+    print(f"Overview: {overview}\nOutputs:  {out_dir}/  (open the .seg.nrrd and _confidence.nrrd in 3D Slicer)")
+    return 0

@@ -1,0 +1,476 @@
+"""Volume in, :class:`~gase.result.SegmentationResult` out.
+
+>>> from gase.predictor import Predictor                      # doctest: +SKIP
+>>> from gase.volume import read_volume                       # doctest: +SKIP
+>>> result = Predictor.from_folder("Resources/Models/knee-demo").predict(read_volume("knee.nrrd"))  # doctest: +SKIP
+>>> result.validity.valid, result.reliability_overall          # doctest: +SKIP
+
+One network pass per batch of slices gives labels, confidence and the validity features. Slices are
+streamed: the input is never copied whole as float32, outputs are written straight into their final
+(input-ordered) arrays, and on CUDA an out-of-memory error halves the batch and retries, then falls
+back to the CPU.
+
+On CUDA the raw voxels (e.g. int16) travel to the GPU through page-locked memory and are normalised
+there; the network runs under bf16 autocast in channels_last (``fast=False`` gives the plain fp32
+path); results are copied asynchronously into page-locked output arrays and per-label sums stay on the
+GPU, so the host waits once per volume. ``compile=True`` adds ``torch.compile`` with a fixed batch
+shape (the last batch is padded with empty slices).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .errors import CancelledError, InputError, ModelError
+from .model_card import ModelCard, load_card, load_tensors
+from .nets import SegDiscriminator, StyleEncoder
+from .nets.blocks import channel_stats
+from .orientation import reorientation_for
+from .preprocess import Normalization, pad_to_multiple, resample_slices, working_size
+from .result import SegmentationResult, Validity
+from .validity import StyleManifold, volume_score
+from .volume import Volume
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[float, str], None]
+CancelFn = Callable[[], bool]
+
+MAX_WORKING_PIXELS = 2048 * 2048
+# Pixels per batch (input or working size, whichever is larger): bounds the activation memory, so a
+# 1024x1024 slice runs alone on the CPU while 384x384 slices run 8 at a time (32 by default on CUDA).
+MAX_BATCH_PIXELS = {"cpu": 8 * 384 * 384, "cuda": 64 * 384 * 384}
+CONTENT_LEVEL = 0.05      # normalised intensity above which a pixel counts as content
+CONTENT_FRACTION = 0.02   # fraction of content pixels for a slice to count in the validity score
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU raises :class:`InputError`."""
+    device = (device or "auto").lower()
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError("CUDA was requested but no CUDA GPU is available to PyTorch. Use --device cpu "
+                             "(or auto).")
+        return torch.device(device)
+    if device == "cpu":
+        return torch.device("cpu")
+    raise InputError(f"Unknown device {device!r}; use auto, cpu or cuda.")
+
+
+def build_segmenter(card: ModelCard) -> SegDiscriminator:
+    return SegDiscriminator(card.n_classes, tuple(card.architecture["segmenter_channels"]))
+
+
+def build_encoder(card: ModelCard) -> StyleEncoder:
+    return StyleEncoder(card.architecture["style_dim"], tuple(card.architecture.get("encoder_channels", (16, 32, 64, 96))))
+
+
+@dataclass
+class SliceOutputs:
+    """Per batch of canonical slices: probabilities-derived outputs at the slices' own size, on the model's
+    device."""
+
+    labels: torch.Tensor      # (B, H, W) uint8
+    confidence: torch.Tensor  # (B, H, W) float32 in [0, 1]
+    features: torch.Tensor    # (B, F) float32 validity features
+    msp: torch.Tensor | None = None      # (B, H, W) float32 max softmax probability (keep_probs only)
+    entropy: torch.Tensor | None = None  # (B, H, W) float32 predictive entropy, nats (keep_probs only)
+
+
+class SliceModel(torch.nn.Module):
+    """Segmenter + style encoder as one module: normalised slices (B, 1, H, W) at the model spacing ->
+    logits, calibrated confidence and validity features, in a single pass."""
+
+    def __init__(self, segmenter: SegDiscriminator, encoder: StyleEncoder, conf_scale: float = 1.0,
+                 conf_bias: float = 0.0):
+        super().__init__()
+        self.segmenter = segmenter
+        self.encoder = encoder
+        self.register_buffer("conf_affine", torch.tensor([conf_scale, conf_bias], dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits, conf_logit, features = segment(self.segmenter, x)
+        style = self.encoder(x)
+        conf = torch.sigmoid(conf_logit * self.conf_affine[0] + self.conf_affine[1])
+        return logits, conf, torch.cat([style, features], dim=1)
+
+
+def segment(seg: SegDiscriminator, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``seg(x)`` at inference -> (logits, conf_logit, features), with the confidence head's first 1x1
+    convolution split over its three inputs.
+
+    ``conv(cat(d0, up(d1), softmax))`` = ``conv_a(cat(d0, softmax)) + up(conv_b(d1))``: bilinear upsampling
+    is linear and its weights sum to one, so the 24-channel map is mixed down at half resolution and
+    the 45-channel full-resolution concatenation never exists (about 15% of the CPU forward). Equal to
+    ``seg(x)`` up to float rounding (Testing/test_fast_path.py); any other head layout uses ``seg(x)``.
+    """
+    head = seg.conf_head
+    first = head[0] if isinstance(head, torch.nn.Sequential) and len(head) > 0 else None
+    if not (isinstance(first, torch.nn.Conv2d) and first.kernel_size == (1, 1) and first.groups == 1):
+        out = seg(x)
+        return out.logits, out.conf_logit, out.features
+    skips, h = [], x
+    for layer in seg.enc:
+        h = layer(h)
+        skips.append(h)
+    features = torch.cat([channel_stats(skips[-1]), channel_stats(skips[-2])], dim=1)
+    decoded = []
+    for up, dec, skip in zip(seg.up, seg.dec, reversed(skips[:-1])):
+        h = dec(torch.cat([up(h), skip], dim=1))
+        decoded.append(h)
+    d0, d1 = decoded[-1], decoded[-2]
+    logits = seg.seg_head(d0)
+    c0, c1, w = d0.shape[1], d1.shape[1], first.weight
+    probs = torch.softmax(logits, 1).to(d0.dtype)
+    hidden = F.conv2d(torch.cat([d0, probs], dim=1), torch.cat([w[:, :c0], w[:, c0 + c1:]], dim=1), first.bias)
+    hidden += F.interpolate(F.conv2d(d1, w[:, c0:c0 + c1]), size=d0.shape[-2:], mode="bilinear",
+                            align_corners=False).to(hidden.dtype)
+    return logits, head[1:](hidden), features
+
+
+def checked_working_size(hw: tuple[int, int], spacing_hw: tuple[float, float],
+                         model_spacing: float) -> tuple[int, int]:
+    """In-plane size (rows, cols) of a slice at the model spacing; :class:`InputError` if absurdly large."""
+    h, w = int(hw[0]), int(hw[1])
+    size = working_size((h, w), spacing_hw, model_spacing)
+    if size[0] * size[1] > MAX_WORKING_PIXELS:
+        raise InputError(f"A slice of {h}x{w} pixels at {spacing_hw[0]:.3g}x{spacing_hw[1]:.3g} mm becomes "
+                         f"{size[0]}x{size[1]} pixels at the model's {model_spacing} mm: too large. Check the "
+                         "image spacing in its header.")
+    return size
+
+
+def run_slices(model: SliceModel, x: torch.Tensor, spacing_hw: tuple[float, float], model_spacing: float,
+               divisor: int, amp: bool, keep_probs: bool = False, *, channels_last: bool | None = None,
+               fixed_batch: int | None = None) -> SliceOutputs:
+    """Normalised canonical slices (B, 1, H, W) on the model's device -> :class:`SliceOutputs` on that device.
+
+    ``keep_probs`` also returns the softmax's max probability and entropy (baselines for the confidence).
+    ``channels_last`` (default: on CUDA) must match the model's memory format; ``fixed_batch`` pads the
+    batch with empty slices to that size, so a compiled model always sees one shape."""
+    n, (h, w) = x.shape[0], x.shape[-2:]
+    size = checked_working_size((h, w), spacing_hw, model_spacing)
+    xr = resample_slices(x, size)
+    xp, _ = pad_to_multiple(xr, divisor)
+    if fixed_batch is not None and n < fixed_batch:
+        xp = torch.cat([xp, xp.new_zeros((fixed_batch - n,) + tuple(xp.shape[1:]))])
+    if channels_last is None:
+        channels_last = x.device.type == "cuda"
+    if channels_last:
+        xp = xp.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=amp):
+        logits, conf, feats = model(xp)
+    logits, feats = logits[:n, :, : size[0], : size[1]], feats[:n]
+    conf = conf[:n, :, : size[0], : size[1]].float()
+    resized = tuple(size) != (h, w)
+    if resized or keep_probs:
+        probs = torch.softmax(logits.float(), dim=1)
+        if resized:
+            probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
+            conf = F.interpolate(conf, size=(h, w), mode="bilinear", align_corners=False)
+        labels = probs.argmax(1).to(torch.uint8)
+    else:
+        labels = logits.argmax(1).to(torch.uint8)  # softmax is monotonic: same labels, one pass less
+    conf = conf[:, 0].clamp_(0, 1)
+    if keep_probs:
+        msp = probs.amax(1)
+        entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(1)
+        return SliceOutputs(labels, conf, feats.float(), msp, entropy)
+    return SliceOutputs(labels, conf, feats.float())
+
+
+_TORCH_DTYPES = {np.dtype(np.uint8): torch.uint8, np.dtype(np.int8): torch.int8, np.dtype(np.int16): torch.int16,
+                 np.dtype(np.int32): torch.int32, np.dtype(np.float16): torch.float16,
+                 np.dtype(np.float32): torch.float32, np.dtype(np.bool_): torch.bool}
+
+
+def _transfer_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype raw voxels travel in: their own where torch handles it fully, uint16 as its int16 bits
+    (undone on the device), anything else (float64, 64-bit ints, other byte orders) as float32."""
+    if dtype == np.dtype(np.uint16):
+        return np.dtype(np.int16)
+    return dtype if dtype in _TORCH_DTYPES else np.dtype(np.float32)
+
+
+def _host_array(shape: tuple[int, ...], dtype, pinned: bool) -> np.ndarray:
+    """An uninitialised output array; page-locked when ``pinned`` (CUDA copies into it asynchronously)."""
+    if not pinned:
+        return np.empty(shape, dtype)
+    return torch.empty(shape, dtype=_TORCH_DTYPES[np.dtype(dtype)], pin_memory=True).numpy()
+
+
+class _BatchStats:
+    """Per-batch reductions, kept where they were computed (no host-device synchronisation per batch):
+    label counts, confidence sums per label, validity features, content flags, non-finite voxel counts."""
+
+    def __init__(self, n_classes: int):
+        self.n = n_classes
+        self.items: list[tuple] = []
+
+    def add(self, out: SliceOutputs, x: torch.Tensor, nonfinite: torch.Tensor | None) -> None:
+        """``x``: the batch's normalised slices (B, 1, H, W). Appends only once everything is computed, so an
+        out-of-memory error half-way leaves no trace."""
+        lab, conf = out.labels.reshape(-1), out.confidence.reshape(-1)
+        if lab.is_cuda and self.n <= 16:  # one-hot sums: CUDA's bincount waits for the GPU (it reads the max)
+            hit = lab[None, :] == torch.arange(self.n, device=lab.device, dtype=lab.dtype)[:, None]
+            counts = hit.sum(1)
+            sums = torch.where(hit, conf[None, :], 0.0).sum(1, dtype=torch.float64)
+        else:
+            counts = torch.bincount(lab, minlength=self.n)[: self.n]
+            sums = torch.bincount(lab, weights=conf.double(), minlength=self.n)[: self.n]
+        content = (x > CONTENT_LEVEL).flatten(1).sum(1) > CONTENT_FRACTION * x.shape[-2] * x.shape[-1]
+        self.items.append((counts, sums, out.features, content, nonfinite))
+
+    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+        """(counts (K,) int64, confidence sums (K,) float64, features (S, F) float32, content (S,) bool,
+        number of non-finite voxels)."""
+        counts = np.sum([c.cpu().numpy() for c, *_ in self.items], axis=0)
+        sums = np.sum([s.cpu().numpy() for _, s, *_ in self.items], axis=0)
+        features = torch.cat([f.cpu() for *_, f, _, _ in self.items]).numpy()
+        content = torch.cat([c.cpu() for *_, c, _ in self.items]).numpy()
+        nonfinite = sum(int(n) for *_, n in self.items if n is not None)
+        return counts, sums, features, content, nonfinite
+
+
+class _HostWriter:
+    """Copies each batch's device outputs into the (canonical views of the) output arrays.
+
+    CPU results are plain assignments. CUDA results go straight into the page-locked outputs when the
+    batch's view is contiguous (asynchronous: the GPU moves on to the next batch); otherwise through a
+    page-locked staging copy that is written out once the next batch has been queued. :meth:`flush`
+    waits for everything."""
+
+    def __init__(self):
+        self.pending: list[tuple] = []
+        self.cuda = False
+
+    def write(self, s: int, e: int, targets: list[tuple[torch.Tensor, np.ndarray]]) -> None:
+        staged = []
+        for src, dst in targets:
+            view = dst[s:e]
+            if src.device.type == "cpu":
+                view[...] = src.numpy()
+                continue
+            self.cuda = True
+            if view.flags.c_contiguous:
+                torch.from_numpy(view).copy_(src, non_blocking=True)
+            else:
+                host = torch.empty(src.shape, dtype=src.dtype, pin_memory=True)
+                host.copy_(src, non_blocking=True)
+                staged.append((host, view))
+        previous = self.pending
+        self.pending = []
+        if staged:
+            event = torch.cuda.Event()
+            event.record()
+            self.pending.append((event, staged))
+        self._drain(previous)
+
+    def _drain(self, items: list[tuple]) -> None:
+        for event, staged in items:
+            event.synchronize()
+            for host, view in staged:
+                view[...] = host.numpy()
+
+    def flush(self) -> None:
+        self._drain(self.pending)
+        self.pending = []
+        if self.cuda:
+            torch.cuda.synchronize()
+
+
+def _checked_manifold(tensors: dict, n_features: int, folder) -> StyleManifold:
+    """The validity manifold of a model folder, checked to fit the network's features (n_features,)."""
+    try:
+        m = StyleManifold.from_tensors(tensors)
+        k = m.components.shape[0]
+        ok = (m.mean.shape == m.std.shape == (n_features,) and m.components.shape == (k, n_features)
+              and m.precision.shape == (k, k) and m.reference_2d.ndim == 2 and m.reference_2d.shape[1] == 2)
+    except (KeyError, IndexError, ValueError, TypeError, AttributeError) as exc:
+        raise ModelError(f"{folder}: validity.safetensors is incomplete ({exc!r}). The model folder is damaged; "
+                         "re-install the model.") from None
+    if not ok:
+        raise ModelError(f"{folder}: validity.safetensors does not fit the network (it expects {n_features} "
+                         "features per slice). The model folder is inconsistent; re-install the model.")
+    return m
+
+
+class Predictor:
+    """A loaded GASE model ready to segment volumes. Construct with :meth:`from_folder`."""
+
+    def __init__(self, card: ModelCard, model: SliceModel, manifold: StyleManifold, device: torch.device,
+                 batch_size: int | None = None, *, fast: bool = True, compile: bool = False):
+        """``fast``: on CUDA, bf16 autocast and channels_last (False: the plain fp32 path; no effect on the
+        CPU, which always runs fp32). ``compile``: ``torch.compile`` the network (fixed batch shape)."""
+        if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) != batch_size
+                                       or batch_size < 1):
+            raise InputError(f"The batch size must be a whole number of slices, at least 1 (got {batch_size}).")
+        self.card = card
+        self.model = model.eval().to(device)
+        self.manifold = manifold
+        self.device = device
+        self.normalization = Normalization.from_json(card.normalization)
+        self.batch_size = int(batch_size) if batch_size else (32 if device.type == "cuda" else 8)
+        self.amp = self.channels_last = bool(fast) and device.type == "cuda"
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.compiled = bool(compile)
+        self._forward = torch.compile(self.model, dynamic=False) if compile else self.model
+
+    def batch_for(self, hw: tuple[int, int], size: tuple[int, int]) -> int:
+        """Slices per batch for slices of ``hw`` pixels (``size`` at the model spacing): ``batch_size``,
+        lowered for large slices so that a batch's memory stays bounded (see :data:`MAX_BATCH_PIXELS`)."""
+        pixels = max(int(hw[0]) * int(hw[1]), int(size[0]) * int(size[1]))
+        return max(1, min(self.batch_size, MAX_BATCH_PIXELS.get(self.device.type, MAX_BATCH_PIXELS["cuda"]) // pixels))
+
+    def _use_cpu(self) -> None:
+        """Continue on the CPU in fp32 (after the GPU ran out of memory even for one slice)."""
+        self.device = torch.device("cpu")
+        self.model = self.model.float().to(self.device, memory_format=torch.contiguous_format)
+        self.amp = self.channels_last = self.compiled = False
+        self._forward = self.model
+
+    def _to_device(self, raw: np.ndarray, lo: float, hi: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Raw canonical slices (B, H, W), any numeric dtype and strides -> normalised (B, 1, H, W) float32 on
+        the device, and the number of NaN/Inf voxels among them (a device tensor; None for integer voxels).
+        The input array is only read."""
+        dtype = _transfer_dtype(raw.dtype)
+        src = raw.view(np.int16) if raw.dtype == np.uint16 else raw
+        if self.device.type == "cuda":  # one gather/convert copy into page-locked memory, then an async copy
+            host = torch.empty(raw.shape, dtype=_TORCH_DTYPES[dtype], pin_memory=True)
+            np.copyto(host.numpy(), src, casting="unsafe")
+            t = host.to(self.device, non_blocking=True)
+        else:
+            batch = np.ascontiguousarray(src, dtype=dtype)
+            t = torch.from_numpy(batch if batch.flags.writeable else batch.copy())
+        if raw.dtype == np.uint16:
+            t = t.int() & 0xFFFF
+        nonfinite = (~torch.isfinite(t)).sum() if t.is_floating_point() else None
+        return self.normalization.apply_tensor(t, lo, hi)[:, None], nonfinite
+
+    @classmethod
+    def from_folder(cls, folder: str | os.PathLike, device: str = "auto", batch_size: int | None = None, *,
+                    fast: bool = True, compile: bool = False) -> "Predictor":
+        """Load a model folder (card validated, checksums verified, safetensors only)."""
+        card = load_card(Path(folder), verify=True)
+        weights = load_tensors(card, "weights.safetensors")
+        seg, enc = build_segmenter(card), build_encoder(card)
+        try:
+            seg.load_state_dict({k[len("segmenter."):]: v for k, v in weights.items() if k.startswith("segmenter.")})
+            enc.load_state_dict({k[len("style_encoder."):]: v for k, v in weights.items()
+                                 if k.startswith("style_encoder.")})
+        except RuntimeError as exc:
+            raise ModelError(f"{folder}: the weights do not match the architecture in model.json "
+                             f"({str(exc).splitlines()[0]}). The model folder is inconsistent.") from None
+        manifold = _checked_manifold(load_tensors(card, "validity.safetensors"), enc.style_dim + seg.feature_dim,
+                                     folder)
+        cal = card.confidence_calibration
+        model = SliceModel(seg, enc, float(cal.get("scale", 1.0)), float(cal.get("bias", 0.0)))
+        return cls(card, model, manifold, resolve_device(device), batch_size, fast=fast, compile=compile)
+
+    # ------------------------------------------------------------------------------------------
+    def predict(self, volume: Volume, *, progress: ProgressFn | None = None,
+                cancel: CancelFn | None = None, return_probabilities: bool = False) -> SegmentationResult:
+        """Segment ``volume``; returns labels, confidence, reliability and validity in its geometry.
+
+        ``return_probabilities`` adds ``extra["probabilities"] = {"msp": ..., "entropy": ...}``, float32
+        arrays in the volume's shape (max softmax probability; entropy in nats), for benchmarks. They are
+        not JSON: drop them before :meth:`SegmentationResult.report`."""
+        t0 = time.perf_counter()
+        progress = progress or (lambda f, m: None)
+        if min(volume.shape) < 1 or volume.array.size == 0:
+            raise InputError(f"The volume is empty (shape {volume.shape}).")
+        if not (np.issubdtype(volume.array.dtype, np.number) or volume.array.dtype == bool) \
+                or np.iscomplexobj(volume.array):
+            raise InputError(f"Voxel type {volume.array.dtype} is not a real number; GASE needs a grey-scale "
+                             "image (for complex MR data, segment the magnitude image).")
+        reo = reorientation_for(volume, self.card.plane)
+        canon = reo.forward(volume.array)
+        n_slices = canon.shape[0]
+        if min(canon.shape[1:]) < 8:
+            raise InputError(f"The slices in the model's {self.card.plane} plane are only "
+                             f"{canon.shape[1]}x{canon.shape[2]} pixels; the image is too small or stored in "
+                             "another plane than the model expects.")
+        spacing_hw = reo.spacing[1:]
+        size = checked_working_size(canon.shape[1:], spacing_hw, self.card.input_spacing_mm)
+        lo, hi = self.normalization.intensity_range(volume.array, device=self.device)
+        pinned = self.device.type == "cuda"
+        labels_out = _host_array(volume.shape, np.uint8, pinned)  # every voxel is written below
+        conf_out = _host_array(volume.shape, np.float32, pinned)
+        labels_c, conf_c = reo.forward(labels_out), reo.forward(conf_out)  # views: write in place
+        if return_probabilities:
+            msp_out, ent_out = np.zeros(volume.shape, np.float32), np.zeros(volume.shape, np.float32)
+            msp_c, ent_c = reo.forward(msp_out), reo.forward(ent_out)
+        stats, writer = _BatchStats(self.card.n_classes), _HostWriter()
+        divisor = self.model.segmenter.divisor
+        s = 0
+        batch = self.batch_for(canon.shape[1:], size)
+        progress(0.0, f"segmenting {n_slices} slices on {self.device.type}")
+        while s < n_slices:
+            if cancel is not None and cancel():
+                writer.flush()  # no copy may still be running into arrays that are about to be dropped
+                raise CancelledError("Segmentation cancelled by the user; no output was written.")
+            e = min(n_slices, s + batch)
+            try:
+                with torch.inference_mode():
+                    x, nonfinite = self._to_device(canon[s:e], lo, hi)
+                    out = run_slices(self._forward, x, spacing_hw, self.card.input_spacing_mm, divisor, self.amp,
+                                     keep_probs=return_probabilities, channels_last=self.channels_last,
+                                     fixed_batch=batch if self.compiled else None)
+                    stats.add(out, x, nonfinite)
+            except torch.cuda.OutOfMemoryError:
+                x = out = nonfinite = None
+                torch.cuda.empty_cache()
+                if batch > 1:
+                    batch = max(1, batch // 2)
+                    log.warning("CUDA out of memory: retrying with %d slices per batch", batch)
+                    progress(s / n_slices, f"GPU out of memory: retrying with {batch} slices per batch")
+                    continue
+                message = "GPU out of memory even for one slice: continuing on the CPU (slower)"
+                log.warning(message)
+                progress(s / n_slices, message)
+                writer.flush()
+                self._use_cpu()
+                batch = self.batch_for(canon.shape[1:], size)
+                continue
+            targets = [(out.labels, labels_c), (out.confidence, conf_c)]
+            if return_probabilities:
+                targets += [(out.msp, msp_c), (out.entropy, ent_c)]
+            writer.write(s, e, targets)
+            s = e
+            progress(s / n_slices, f"segmented {s}/{n_slices} slices")
+        writer.flush()
+        counts, conf_sum, features, content, nonfinite = stats.result()
+        if nonfinite:
+            raise InputError(f"The image contains {nonfinite} NaN or infinite voxel values. Fix or mask them "
+                             "(e.g. replace with 0) before segmenting.")
+        slice_scores, emb2d = self.manifold.score(features)
+        vscore = volume_score(slice_scores, np.asarray(content))
+        threshold = float(self.card.validity["threshold"])
+        validity = Validity(valid=bool(vscore <= threshold), score=vscore, threshold=threshold,
+                            slice_scores=slice_scores, embedding_2d=emb2d, reference_2d=self.manifold.reference_2d)
+        per_label = {}
+        for lab in self.card.labels:
+            per_label[lab.name] = float(conf_sum[lab.value] / counts[lab.value]) if counts[lab.value] else float("nan")
+        fg = counts[1:].sum()
+        overall = float(conf_sum[1:].sum() / fg) if fg else float("nan")
+        progress(1.0, "done")
+        extra = {"manifold": {"embedding_2d": np.round(emb2d, 3).tolist(),
+                              "reference_2d": np.round(self.manifold.reference_2d, 3).tolist()}}
+        if return_probabilities:
+            extra["probabilities"] = {"msp": msp_out, "entropy": ent_out}
+        return SegmentationResult(
+            labels=Volume(labels_out, volume.ijk_to_ras.copy()), confidence=Volume(conf_out, volume.ijk_to_ras.copy()),
+            label_table=self.card.labels, reliability_overall=overall, reliability_per_label=per_label,
+            validity=validity, model_name=f"{self.card.name} {self.card.version}", device=self.device.type,
+            seconds=time.perf_counter() - t0, extra=extra)

@@ -1,0 +1,1 @@
+"""GASE training: data, augmentation/style diversification, losses, the alternating GAN loop."""

@@ -1,0 +1,113 @@
+"""Batched augmentation and style diversification, on the training device.
+
+- :func:`standard_augment`: what every method gets (rotation/scale, gamma, noise, bias): the "ERM" recipe.
+- :func:`random_curves`: random intensity curves per class and/or globally (non-monotone allowed, so
+  contrasts can invert), the location-scale style extrapolation of SLAug/BigAug. Class masks are
+  softened so that no hard label edge is painted into the image (that would be a shortcut).
+- :func:`diversify_styles`: GASE's style-space interpolation/extrapolation and mapping-network samples.
+- :func:`gaussian_cutout`: random Gaussian-shaped occlusions that regularise the discriminator.
+
+Shapes: images (B, 1, H, W) float in about 0..1, labels (B, H, W) int64.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.nn import functional as F
+
+
+def _rand(gen: torch.Generator, *shape, lo=0.0, hi=1.0, device="cpu") -> torch.Tensor:
+    return (torch.rand(*shape, generator=gen) * (hi - lo) + lo).to(device)
+
+
+def standard_augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotation (+-15 deg), scale (0.85-1.15), gamma (0.7-1.5), smooth bias field and Gaussian noise."""
+    b, dev = x.shape[0], x.device
+    ang = _rand(gen, b, lo=-math.pi / 12, hi=math.pi / 12, device=dev)
+    sc = _rand(gen, b, lo=0.85, hi=1.15, device=dev)
+    cos, sin = torch.cos(ang) / sc, torch.sin(ang) / sc
+    theta = torch.stack([torch.stack([cos, -sin, torch.zeros_like(cos)], 1),
+                         torch.stack([sin, cos, torch.zeros_like(cos)], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    y = F.grid_sample(y[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)[:, 0].long()
+    gamma = torch.exp(_rand(gen, b, 1, 1, 1, lo=math.log(0.7), hi=math.log(1.5), device=dev))
+    x = x.clamp(0, 1) ** gamma
+    x = x * smooth_field(gen, x.shape, strength=0.25, device=dev)
+    sigma = _rand(gen, b, 1, 1, 1, lo=0.0, hi=0.05, device=dev)
+    x = x + sigma * torch.randn(x.shape, generator=gen).to(dev)
+    return x, y
+
+
+def smooth_field(gen: torch.Generator, shape, strength: float, device="cpu") -> torch.Tensor:
+    """A smooth multiplicative field around 1 (coil-bias-like), (B, 1, H, W)."""
+    b, _, h, w = shape
+    coarse = torch.randn(b, 1, 4, 4, generator=gen).to(device) * strength
+    return torch.exp(F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False))
+
+
+def _curve_lut(gen: torch.Generator, n: int, knots: int = 6, device="cpu") -> torch.Tensor:
+    """(n, 256) random intensity curves on 0..1: random knot values, piecewise linear, mildly smoothed."""
+    vals = torch.rand(n, knots, generator=gen)
+    lut = F.interpolate(vals[:, None], size=256, mode="linear", align_corners=True)[:, 0]
+    return lut.to(device)
+
+
+def _apply_lut(x: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
+    """x (N, P) in 0..1, lut (N, 256) -> (N, P), linear interpolation in the table."""
+    pos = x.clamp(0, 1) * 255
+    i0 = pos.floor().long().clamp(0, 254)
+    frac = pos - i0
+    return torch.gather(lut, 1, i0) * (1 - frac) + torch.gather(lut, 1, i0 + 1) * frac
+
+
+def random_curves(x: torch.Tensor, y: torch.Tensor, n_classes: int, gen: torch.Generator,
+                  per_class_prob: float = 0.8) -> torch.Tensor:
+    """Re-render each image with random intensity curves, per class (prob ``per_class_prob``) or global.
+
+    Class masks are blurred (sigma ~1.5 px) before blending, so boundaries stay as soft as the image's.
+    """
+    b, _, h, w = x.shape
+    dev = x.device
+    flat = x.reshape(b, -1)
+    global_lut = _curve_lut(gen, b, device=dev)
+    out = _apply_lut(flat, global_lut).reshape_as(x)
+    use_class = (torch.rand(b, generator=gen) < per_class_prob).to(dev)
+    if use_class.any():
+        onehot = F.one_hot(y.clamp(0, n_classes - 1), n_classes).permute(0, 3, 1, 2).float()
+        k = torch.tensor([0.05, 0.25, 0.4, 0.25, 0.05], device=dev)
+        kern = (k[:, None] * k[None, :])[None, None].repeat(n_classes, 1, 1, 1)
+        soft = F.conv2d(onehot, kern, padding=2, groups=n_classes)
+        soft = soft / soft.sum(1, keepdim=True).clamp_min(1e-6)
+        luts = _curve_lut(gen, b * n_classes, device=dev)
+        per = _apply_lut(flat.repeat_interleave(n_classes, 0), luts).reshape(b, n_classes, h, w)
+        class_img = (per * soft).sum(1, keepdim=True)
+        out = torch.where(use_class[:, None, None, None], class_img, out)
+    return out
+
+
+def gaussian_cutout(x: torch.Tensor, gen: torch.Generator, prob: float) -> torch.Tensor:
+    """Multiply random images by 1 - a Gaussian blob (random centre, size 10-30% of the image)."""
+    b, _, h, w = x.shape
+    dev = x.device
+    apply = (torch.rand(b, generator=gen) < prob).to(dev)
+    cy, cx = _rand(gen, b, device=dev) * h, _rand(gen, b, device=dev) * w
+    s = _rand(gen, b, lo=0.1, hi=0.3, device=dev) * min(h, w)
+    yy = torch.arange(h, device=dev, dtype=x.dtype)[None, :, None]
+    xx = torch.arange(w, device=dev, dtype=x.dtype)[None, None, :]
+    blob = torch.exp(-((yy - cy[:, None, None]) ** 2 + (xx - cx[:, None, None]) ** 2) / (2 * s[:, None, None] ** 2))
+    mask = 1 - blob * apply[:, None, None].float()
+    return x * mask[:, None]
+
+
+def diversify_styles(w: torch.Tensor, mapped: torch.Tensor, gen: torch.Generator,
+                     extrapolation: tuple[float, float]) -> torch.Tensor:
+    """New style codes: lerp(w_a, w_b, a) with a in ``extrapolation`` (beyond 0..1 extrapolates) for half
+    the batch, mapping-network samples ``mapped`` for the other half."""
+    b = w.shape[0]
+    perm = torch.randperm(b, generator=gen).to(w.device)
+    a = _rand(gen, b, 1, lo=extrapolation[0], hi=extrapolation[1], device=w.device)
+    lerp = w + a * (w[perm] - w)
+    pick = (torch.rand(b, 1, generator=gen) < 0.5).to(w.device)
+    return torch.where(pick, lerp, mapped)

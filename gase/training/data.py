@@ -1,0 +1,218 @@
+"""Training data: image/label pairs -> checked -> canonical, normalised slices at the model spacing.
+
+>>> pairs = match_pairs(Path("images"), Path("labels"))   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import TrainingDataError
+from ..labels import LabelInfo
+from ..orientation import reorientation_for
+from ..preprocess import Normalization, resample_slices, working_size
+from ..volume import Volume, case_name, iter_image_files, read_volume
+
+MIN_TRAIN_VOLUMES = 2
+
+
+def match_pairs(images_dir: Path, labels_dir: Path) -> list[tuple[Path, Path]]:
+    """Image and label files matched by case name (``a.nrrd`` <-> ``a.nrrd`` / ``a.seg.nrrd``)."""
+    for d, what in ((images_dir, "--images"), (labels_dir, "--labels")):
+        if not Path(d).is_dir():
+            raise TrainingDataError(f"{d}: {what} must be a folder of image files.")
+    images = {case_name(p): p for p in iter_image_files(images_dir)}
+    labels = {case_name(p): p for p in iter_image_files(labels_dir)}
+    if not images:
+        raise TrainingDataError(f"{images_dir}: no image files (.nrrd, .nii, .nii.gz, .mha) found.")
+    missing = sorted(set(images) - set(labels))
+    if missing:
+        raise TrainingDataError(f"No label file for image(s) {', '.join(missing[:5])}: every image in {images_dir} "
+                                f"needs a label map with the same name in {labels_dir}.")
+    extra = sorted(set(labels) - set(images))
+    if extra:
+        raise TrainingDataError(f"Label file(s) {', '.join(extra[:5])} in {labels_dir} have no image with the same "
+                                "name; remove them or add the images.")
+    return [(images[k], labels[k]) for k in sorted(images)]
+
+
+def check_pair(image: Volume, labels: Volume, table: Sequence[LabelInfo], name: str) -> np.ndarray:
+    """Validate one training pair; return the label array as uint8. Raises :class:`TrainingDataError`."""
+    if image.shape != labels.shape:
+        raise TrainingDataError(f"{name}: image shape {image.shape} and label shape {labels.shape} differ. The label "
+                                "map must be on the image's voxel grid (resample it onto the image).")
+    if not np.allclose(image.ijk_to_ras, labels.ijk_to_ras, atol=1e-3 * max(1.0, min(image.spacing))):
+        raise TrainingDataError(f"{name}: image and label map have different geometry (origin, spacing or "
+                                "direction). Resample the label map onto the image grid.")
+    if min(image.shape) < 2:
+        raise TrainingDataError(f"{name}: a single slice (shape {image.shape}); training needs 3D volumes.")
+    lab = labels.array
+    if not np.issubdtype(lab.dtype, np.integer):
+        if not np.all(np.isfinite(lab)) or not np.allclose(lab, np.round(lab)):
+            raise TrainingDataError(f"{name}: the label map has non-integer values; give an integer label map.")
+        lab = np.round(lab)
+    values = set(np.unique(lab).astype(np.int64).tolist()) - {0}
+    known = {t.value for t in table}
+    if not values:
+        raise TrainingDataError(f"{name}: the label map is empty (only background). Every training volume needs "
+                                "labelled structures.")
+    unknown = sorted(values - known)
+    if unknown:
+        raise TrainingDataError(f"{name}: label values {unknown} are not in the label table "
+                                f"({', '.join(f'{t.value}={t.name}' for t in table)}). Fix the label map or give "
+                                "a --labels-json that lists them.")
+    return lab.astype(np.uint8)
+
+
+@dataclass
+class SliceSet:
+    """Canonical slices at the model spacing: ``images[v]`` (S, H, W) float32 in 0..1, ``labels[v]`` (S, H, W)
+    uint8, one entry per volume; ``names[v]`` the case names."""
+
+    images: list[torch.Tensor]
+    labels: list[torch.Tensor]
+    names: list[str]
+
+    @staticmethod
+    def build(pairs: Sequence[tuple[Volume, np.ndarray, str]], plane: str, spacing: float,
+              norm: Normalization) -> "SliceSet":
+        images, labels, names = [], [], []
+        for image, lab, name in pairs:
+            reo = reorientation_for(image, plane)
+            lo, hi = norm.intensity_range(image.array)
+            x = torch.from_numpy(np.ascontiguousarray(norm.apply(reo.forward(image.array), lo, hi)))[:, None]
+            y = torch.from_numpy(np.ascontiguousarray(reo.forward(lab))).float()[:, None]
+            size = working_size(tuple(x.shape[-2:]), reo.spacing[1:], spacing)
+            images.append(resample_slices(x, size)[:, 0].contiguous())
+            labels.append(resample_slices(y, size, mode="nearest")[:, 0].to(torch.uint8).contiguous())
+            names.append(name)
+        return SliceSet(images, labels, names)
+
+    def __len__(self) -> int:
+        return sum(int(x.shape[0]) for x in self.images)
+
+    def all_slices(self, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every slice, centre-cropped/padded to ``size`` (default: the largest in-plane size)."""
+        xs, ys = [], []
+        for x, y in zip(self.images, self.labels):
+            xs.append(x)
+            ys.append(y)
+        if size is None:
+            size = max(max(x.shape[-2:]) for x in xs)
+        return (torch.cat([_fit(x, size) for x in xs]), torch.cat([_fit(y, size) for y in ys]))
+
+    def sample(self, gen: torch.Generator, batch: int, crop: int, fg_prob: float = 0.9) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random crops (B, 1, crop, crop) float32 and (B, crop, crop) int64, mostly centred near foreground."""
+        xs, ys = [], []
+        for _ in range(batch):
+            v = int(torch.randint(len(self.images), (1,), generator=gen))
+            x, y = self.images[v], self.labels[v]
+            fg_slices = torch.nonzero(y.flatten(1).amax(1) > 0).flatten()
+            use_fg = len(fg_slices) > 0 and float(torch.rand(1, generator=gen)) < fg_prob
+            s = int(fg_slices[torch.randint(len(fg_slices), (1,), generator=gen)]) if use_fg \
+                else int(torch.randint(x.shape[0], (1,), generator=gen))
+            xi, yi = x[s], y[s]
+            h, w = xi.shape
+            if use_fg:
+                pts = torch.nonzero(yi > 0)
+                cy, cx = pts[int(torch.randint(len(pts), (1,), generator=gen))].tolist()
+                jitter = torch.randint(-crop // 4, crop // 4 + 1, (2,), generator=gen).tolist()
+                cy, cx = cy + jitter[0], cx + jitter[1]
+            else:
+                cy = int(torch.randint(h, (1,), generator=gen))
+                cx = int(torch.randint(w, (1,), generator=gen))
+            xs.append(_crop(xi, cy, cx, crop))
+            ys.append(_crop(yi, cy, cx, crop))
+        return torch.stack(xs)[:, None].float(), torch.stack(ys).long()
+
+
+def _crop(a: torch.Tensor, cy: int, cx: int, crop: int) -> torch.Tensor:
+    """Crop (H, W) around (cy, cx) to (crop, crop), zero-padding outside."""
+    h, w = a.shape
+    y0, x0 = cy - crop // 2, cx - crop // 2
+    out = torch.zeros((crop, crop), dtype=a.dtype)
+    sy0, sx0 = max(0, y0), max(0, x0)
+    sy1, sx1 = min(h, y0 + crop), min(w, x0 + crop)
+    if sy1 > sy0 and sx1 > sx0:
+        out[sy0 - y0: sy1 - y0, sx0 - x0: sx1 - x0] = a[sy0:sy1, sx0:sx1]
+    return out
+
+
+def _fit(a: torch.Tensor, size: int) -> torch.Tensor:
+    """Centre crop/pad (S, H, W) to (S, size, size)."""
+    s, h, w = a.shape
+    out = torch.zeros((s, size, size), dtype=a.dtype)
+    y0, x0 = (size - h) // 2, (size - w) // 2
+    sy0, sx0 = max(0, -y0), max(0, -x0)
+    dy0, dx0 = max(0, y0), max(0, x0)
+    hh, ww = min(h - sy0, size - dy0), min(w - sx0, size - dx0)
+    out[:, dy0:dy0 + hh, dx0:dx0 + ww] = a[:, sy0:sy0 + hh, sx0:sx0 + ww]
+    return out
+
+
+def load_pairs(pairs: Sequence[tuple[Path, Path]], table: Sequence[LabelInfo]) -> list[tuple[Volume, np.ndarray, str]]:
+    """Read and check image/label files."""
+    out = []
+    for img_path, lab_path in pairs:
+        image = read_volume(img_path)
+        labels = read_volume(lab_path)
+        out.append((image, check_pair(image, labels, table, case_name(img_path)), case_name(img_path)))
+    return out
+
+
+# Largest / smallest linear size (cube root of the labelled volume) among one anatomy's training cases.
+# Phantoms and real scans: adult vs child knee ~1.4, knee vs pelvis ~3.
+MAX_ANATOMY_SIZE_RATIO = 2.5
+
+
+def check_same_anatomy(pairs: Sequence[tuple[Volume, np.ndarray, str]], table: Sequence[LabelInfo]) -> None:
+    """Refuse a training set that mixes anatomies (one model learns one anatomy). Raises :class:`TrainingDataError`.
+
+    ``pairs`` are checked pairs (image, label array (K, J, I) uint8, case name). Either sign is enough:
+
+    - the labelled structures differ: a volume shares less than half of its labels with the labels that
+      most volumes (more than half) carry, or no label is common to most volumes;
+    - the labelled anatomy's size differs wildly: the cube root of the labelled volume (mL) of the
+      largest case exceeds :data:`MAX_ANATOMY_SIZE_RATIO` times the smallest case's.
+
+    The plane the volumes were acquired in is deliberately not a sign: every volume is reoriented to
+    the model's plane before training, so axial and sagittal knees train one knee model.
+    """
+    if len(pairs) < 2:
+        return
+    names = {t.value: t.name for t in table}
+    present = [set(np.unique(lab).tolist()) - {0} for _, lab, _ in pairs]
+    counts: dict[int, int] = {}
+    for s in present:
+        for v in s:
+            counts[v] = counts.get(v, 0) + 1
+    common = {v for v, c in counts.items() if c > len(pairs) / 2}
+
+    def listed(values) -> str:
+        return ", ".join(names.get(int(v), str(v)) for v in sorted(values)) or "none"
+
+    if not common:
+        raise TrainingDataError("The training volumes label different structures: no label is present in most of "
+                                f"them ({'; '.join(f'{n}: {listed(s)}' for s, (_, _, n) in zip(present, pairs))}). "
+                                "Mixed anatomies? Train one model per anatomy, with the same structures labelled "
+                                "in every volume.")
+    for s, (_, _, name) in zip(present, pairs):
+        if len(s & common) / len(s | common) < 0.5:
+            raise TrainingDataError(f"{name}: its labels ({listed(s)}) differ from those of the other training "
+                                    f"volumes ({listed(common)}). Mixed anatomies? Train one model per anatomy: "
+                                    f"remove {name} or label the same structures in every volume.")
+    sizes = []
+    for image, lab, _ in pairs:
+        voxel_ml = float(np.prod(image.spacing)) / 1000.0
+        sizes.append((np.count_nonzero(lab) * voxel_ml) ** (1.0 / 3.0))
+    small, large = int(np.argmin(sizes)), int(np.argmax(sizes))
+    if sizes[large] > MAX_ANATOMY_SIZE_RATIO * sizes[small]:
+        raise TrainingDataError(
+            f"The labelled anatomy of {pairs[large][2]} ({sizes[large] ** 3:.0f} mL) is "
+            f"{(sizes[large] / sizes[small]) ** 3:.0f} times larger than that of {pairs[small][2]} "
+            f"({sizes[small] ** 3:.0f} mL). Mixed anatomies, or a label map on the wrong image? Train one model "
+            "per anatomy, and check the image spacing in the file headers.")

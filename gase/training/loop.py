@@ -1,0 +1,428 @@
+"""The alternating GASE training loop, its ERM / random-curve baselines, and model export.
+
+Per iteration (``method="gase"``), on a batch of real labelled crops (x, y):
+
+1. encode styles w = E(x); diversify them (interpolation/extrapolation, mapping-network samples);
+   synthesise G(y, w') for the same labels; re-render real and synthetic images with random
+   intensity curves (style extrapolation); mix real and synthetic (real-synthetic mixup);
+2. update D: Dice+CE on real, synthetic, extrapolated and mixed images; hinge real/fake (image and
+   pixel level); confidence BCE on all of them (features detached); Gaussian cutout on the inputs;
+3. update E, M, G: reconstruction L1 of G(y, E(x)), adversarial, style-latent cycle E(G(y, w)) ~ w,
+   label consistency (D must segment G(y, w) as y), diversity.
+
+``erm`` trains only D's segmentation (+confidence) on standard augmentation; ``randcurve`` adds the
+random curves to real images. Same backbone, crops, batch and iterations for all three.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ..errors import CancelledError, TrainingDataError
+from ..labels import LabelInfo
+from ..model_card import ModelCard, write_card
+from ..nets import MappingNetwork, SegDiscriminator, StyleEncoder, StyleGenerator
+from ..preprocess import Normalization, pad_to_multiple
+from ..predictor import Predictor, SliceModel, resolve_device
+from ..validity import StyleManifold, calibrate_threshold
+from ..volume import Volume
+from .augment import diversify_styles, gaussian_cutout, random_curves, standard_augment
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from . import distributed  # [ddp]
+from .data import MIN_TRAIN_VOLUMES, SliceSet
+from .losses import confidence_loss, d_hinge, diversity_loss, g_hinge, make_seg_loss
+
+EventFn = Callable[[dict], None]
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+@dataclass
+class TrainState:
+    iteration: int = 0
+    seconds: float = 0.0
+    history: list = field(default_factory=list)
+    best_val_dice: float = float("nan")
+
+
+class Trainer:
+    """Owns the four networks, their optimisers and one training run."""
+
+    def __init__(self, cfg: TrainConfig, table: Sequence[LabelInfo], n_classes: int):
+        self.cfg = cfg.validate()
+        self.table = tuple(table)
+        self.n_classes = n_classes
+        self.device = resolve_device(cfg.device)
+        self.gen = seed_everything(cfg.seed)
+        self.seg = SegDiscriminator(n_classes, tuple(cfg.segmenter_channels)).to(self.device)
+        self.enc = StyleEncoder(cfg.style_dim).to(self.device)
+        self.G = StyleGenerator(n_classes, cfg.style_dim).to(self.device)
+        self.M = MappingNetwork(cfg.z_dim, cfg.style_dim).to(self.device)
+        self.opt_d = torch.optim.AdamW(self.seg.parameters(), lr=cfg.lr, weight_decay=1e-4)
+        self.opt_g = torch.optim.Adam(list(self.G.parameters()) + list(self.M.parameters()) + list(self.enc.parameters()),
+                                      lr=cfg.lr_gen, betas=(0.5, 0.99))
+        self.seg_loss = make_seg_loss()
+        self.amp = cfg.amp and self.device.type == "cuda"
+        self.state = TrainState()
+        self.dist = distributed.context().attach(self)  # [ddp] rank 0's weights, per-rank random streams
+
+    # -- one iteration -------------------------------------------------------------------------
+    def _onehot(self, y: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(y, self.n_classes).permute(0, 3, 1, 2).float()
+
+    def _lr_factor(self) -> float:
+        """Cosine decay to 5% over the iteration budget."""
+        t = min(1.0, self.state.iteration / max(1, self.cfg.iterations))
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        cfg, g = self.cfg, self.gen
+        for group in self.opt_d.param_groups:
+            group["lr"] = cfg.lr * self._lr_factor()
+        x, y = x.to(self.device), y.to(self.device)
+        x, y = standard_augment(x, y, g)
+        b = x.shape[0]
+        losses: dict[str, float] = {}
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            inputs, targets = [x], [y]
+            x_syn = None
+            if cfg.method in ("randcurve", "gase"):
+                inputs.append(random_curves(x, y, self.n_classes, g))
+                targets.append(y)
+            # GASE's synthetic views join once G has had a warm-up (before that G only draws label-coloured
+            # blobs; they cost compute and teach D nothing); G itself trains from the first iteration.
+            use_syn = cfg.method == "gase" and self.state.iteration >= cfg.gen_warmup * cfg.iterations
+            if use_syn:
+                yoh = self._onehot(y)
+                with torch.no_grad():
+                    w = self.enc(x)
+                    w_div = diversify_styles(w, self.M(torch.randn(b, cfg.z_dim, generator=g).to(self.device)), g,
+                                             cfg.extrapolation)
+                    x_syn = self.G(yoh, w_div).float().clamp(-0.2, 1.2)
+                curved = random_curves(x_syn.clamp(0, 1), y, self.n_classes, g)
+                pick = (torch.rand(b, generator=g) < cfg.curve_prob).to(self.device)[:, None, None, None]
+                x_syn_div = torch.where(pick, curved, x_syn)
+                lam = torch.rand(b, 1, 1, 1, generator=g).to(self.device)
+                x_mix = lam * inputs[1] + (1 - lam) * x_syn_div
+                inputs += [x_syn_div, x_mix]
+                targets += [y, y]
+            xin = torch.cat(inputs)
+            yin = torch.cat(targets)
+            xin = gaussian_cutout(xin, g, cfg.cutout_prob)
+            out = self.seg(xin, heads="train" if use_syn else "infer")
+            l_seg = self.seg_loss(out.logits.float(), yin[:, None])
+            l_conf = confidence_loss(out.conf_logit.float(), out.logits.float(), yin)
+            loss_d = l_seg + cfg.w_conf * l_conf
+            losses.update(seg=float(l_seg.detach()), conf=float(l_conf.detach()))
+            if use_syn:
+                fake_out = self.seg(x_syn, heads="train")
+                real_img, real_pix = out.fake_image[:b], out.fake_pixel[:b]
+                l_adv_d = d_hinge(real_img.float(), fake_out.fake_image.float()) + \
+                    d_hinge(real_pix.float(), fake_out.fake_pixel.float())
+                loss_d = loss_d + cfg.w_adv * l_adv_d
+                losses["adv_d"] = float(l_adv_d.detach())
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.dist.average_gradients(self.seg)  # [ddp]
+        torch.nn.utils.clip_grad_norm_(self.seg.parameters(), 5.0)
+        self.opt_d.step()
+
+        if cfg.method == "gase" and self.state.iteration % cfg.gen_every == 0:
+            losses.update(self._generator_step(x, y))
+        self.state.iteration += 1
+        return losses
+
+    def _generator_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        cfg, g, b = self.cfg, self.gen, x.shape[0]
+        yoh = self._onehot(y)
+        for p in self.seg.parameters():
+            p.requires_grad_(False)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            w = self.enc(x)
+            x_rec = self.G(yoh, w)
+            l_rec = (x_rec.float() - x).abs().mean()
+            z = torch.randn(b, cfg.z_dim, generator=g).to(self.device)
+            w_div = diversify_styles(w.detach(), self.M(z), g, cfg.extrapolation)
+            x_fake = self.G(yoh, w_div)
+            out = self.seg(x_fake, heads="train")
+            l_adv = g_hinge(out.fake_image.float()) + g_hinge(out.fake_pixel.float())
+            l_gseg = F.cross_entropy(out.logits.float(), y)
+            l_cycle = (self.enc(x_fake).float() - w_div.detach().float()).abs().mean()
+            # diversity between the diversified and the reconstructed image: no extra generator pass
+            l_div = diversity_loss(x_fake.float(), x_rec.float(), w_div.float(), w.detach().float())
+            loss = cfg.w_rec * l_rec + cfg.w_adv * l_adv + cfg.w_gen_seg * l_gseg + cfg.w_cycle * l_cycle + \
+                cfg.w_div * l_div
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        self.dist.average_gradients(self.G, self.M, self.enc)  # [ddp]
+        torch.nn.utils.clip_grad_norm_(list(self.G.parameters()) + list(self.M.parameters()) +
+                                       list(self.enc.parameters()), 5.0)
+        self.opt_g.step()
+        for p in self.seg.parameters():
+            p.requires_grad_(True)
+        return {k: float(v.detach()) for k, v in
+                (("rec", l_rec), ("adv_g", l_adv), ("gen_seg", l_gseg), ("cycle", l_cycle), ("div", l_div))}
+
+    # -- evaluation helpers ----------------------------------------------------------------------
+    @torch.no_grad()
+    def forward_slices(self, images: torch.Tensor, batch: int = 16) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Canonical slices (S, H, W) at model spacing -> logits argmax (S, H, W), conf logits (S, H, W),
+        validity features (S, F); all on the CPU."""
+        self.seg.eval(), self.enc.eval()
+        labs, confs, feats = [], [], []
+        for s in range(0, images.shape[0], batch):
+            x = images[s:s + batch, None].to(self.device)
+            xp, (h, w) = pad_to_multiple(x, self.seg.divisor)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                out = self.seg(xp)
+                style = self.enc(xp)
+            labs.append(out.logits[..., :h, :w].float().argmax(1).cpu())
+            confs.append(out.conf_logit[:, 0, :h, :w].float().cpu())
+            feats.append(torch.cat([style, out.features], 1).float().cpu())
+        self.seg.train(), self.enc.train()
+        return torch.cat(labs), torch.cat(confs), torch.cat(feats)
+
+    def dice_on(self, sset: SliceSet) -> dict[str, float]:
+        """Mean Dice per label over the volumes of ``sset`` (computed per volume at model spacing)."""
+        per_label: dict[str, list[float]] = {t.name: [] for t in self.table}
+        for images, labels in zip(sset.images, sset.labels):
+            pred, _, _ = self.forward_slices(images)
+            for t in self.table:
+                p, r = pred == t.value, labels == t.value
+                denom = int(p.sum() + r.sum())
+                if int(r.sum()) > 0:
+                    per_label[t.name].append(2.0 * int((p & r).sum()) / max(1, denom))
+        out = {k: float(np.mean(v)) for k, v in per_label.items() if v}
+        out["mean"] = float(np.mean(list(out.values()))) if out else float("nan")
+        return out
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"seg": self.seg.state_dict(), "enc": self.enc.state_dict(), "G": self.G.state_dict(),
+                "M": self.M.state_dict(), "opt_d": self.opt_d.state_dict(), "opt_g": self.opt_g.state_dict(),
+                "iteration": self.state.iteration, "seconds": self.state.seconds,
+                "history": json.dumps(self.state.history), "rng": self.gen.get_state(),
+                "torch_rng": torch.get_rng_state(), "config": json.dumps(self.cfg.to_json())}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.seg.load_state_dict(sd["seg"])
+        self.enc.load_state_dict(sd["enc"])
+        self.G.load_state_dict(sd["G"])
+        self.M.load_state_dict(sd["M"])
+        self.opt_d.load_state_dict(sd["opt_d"])
+        self.opt_g.load_state_dict(sd["opt_g"])
+        self.state.iteration = int(sd["iteration"])
+        self.state.seconds = float(sd["seconds"])
+        self.state.history = json.loads(sd["history"])
+        self.gen.set_state(sd["rng"])
+        torch.set_rng_state(sd["torch_rng"])
+
+
+@dataclass
+class TrainResult:
+    model_folder: Path
+    iterations: int
+    seconds: float
+    val_dice: dict[str, float]
+    card: ModelCard
+
+
+def train(train_pairs: Sequence[tuple[Volume, np.ndarray, str]], val_pairs: Sequence[tuple[Volume, np.ndarray, str]],
+          table: Sequence[LabelInfo], out_dir: Path, cfg: TrainConfig, *, anatomy: str, plane: str,
+          name: str = "gase-model", title: str | None = None, on_event: EventFn | None = None,
+          should_stop: Callable[[], bool] | None = None, resume: bool = True,
+          extra_card: dict | None = None) -> TrainResult:
+    """Train on checked pairs (see :func:`gase.training.data.load_pairs`) and write a model folder.
+
+    ``out_dir/training/`` receives ``checkpoint.pt`` during training (resumed from when present and
+    ``resume``) and ``training_log.csv``; ``out_dir`` itself receives at the end the model folder files (``model.json`` + safetensors).
+    ``on_event`` receives dicts: ``{"event": "progress" | "validation" | "checkpoint" | "done", ...}``.
+    ``should_stop()`` returning True stops after the current iteration, writing a checkpoint (resumable).
+    """
+    emit = on_event or (lambda e: None)
+    out_dir = Path(out_dir)
+    if len(train_pairs) < MIN_TRAIN_VOLUMES:
+        raise TrainingDataError(f"Training needs at least {MIN_TRAIN_VOLUMES} labelled volumes besides validation; "
+                                f"got {len(train_pairs)}. Add labelled scans or lower --val-fraction.")
+    n_classes = max(t.value for t in table) + 1
+    spacing = cfg.input_spacing_mm or _median_inplane_spacing([p[0] for p in train_pairs], plane)
+    norm = Normalization()
+    train_set = SliceSet.build(train_pairs, plane, spacing, norm)
+    val_set = SliceSet.build(val_pairs, plane, spacing, norm) if val_pairs else None
+    trainer = Trainer(cfg, table, n_classes)
+    emit = trainer.dist.main_only(emit)  # [ddp] only rank 0 reports
+    work_dir = out_dir / "training"  # checkpoint + log; the model files stay at the top of out_dir
+    work_dir.mkdir(parents=True, exist_ok=True)
+    if resume:
+        sd = load_checkpoint(work_dir)
+        if sd is not None:
+            trainer.load_state_dict(sd)
+            emit({"event": "resumed", "iteration": trainer.state.iteration})
+    trainer.dist.after_resume(trainer)  # [ddp] same iteration on all ranks, per-rank random streams
+    log_path = work_dir / "training_log.csv"
+    t_start = time.perf_counter() - trainer.state.seconds
+    stopped = False
+    while trainer.state.iteration < cfg.iterations:
+        if trainer.dist.any_rank(should_stop is not None and should_stop()):  # [ddp] all ranks stop together
+            stopped = True
+            break
+        if trainer.dist.any_rank(cfg.max_minutes is not None and  # [ddp]
+                                 time.perf_counter() - t_start > 60 * cfg.max_minutes):
+            break
+        x, y = train_set.sample(trainer.gen, trainer.dist.local_batch(cfg.batch_size), cfg.crop)  # [ddp] per rank
+        losses = trainer.step(x, y)
+        losses = trainer.dist.mean_scalars(losses)  # [ddp]
+        it = trainer.state.iteration
+        elapsed = time.perf_counter() - t_start
+        trainer.state.seconds = elapsed
+        row = {"iteration": it, "seconds": round(elapsed, 2), **{k: round(v, 5) for k, v in losses.items()}}
+        if it % 10 == 0 or it == cfg.iterations:
+            eta = elapsed / it * (cfg.iterations - it) if it else float("nan")
+            if cfg.max_minutes is not None:
+                eta = min(eta, max(0.0, 60 * cfg.max_minutes - elapsed))
+            emit({"event": "progress", "iteration": it, "total": cfg.iterations, "seconds": elapsed, "eta_s": eta,
+                  "losses": losses})
+        if val_set is not None and trainer.dist.is_main and (it % cfg.val_every == 0 or it == cfg.iterations):  # [ddp]
+            dice = trainer.dice_on(val_set)
+            row["val_dice"] = round(dice["mean"], 4)
+            emit({"event": "validation", "iteration": it, "dice": dice})
+        trainer.state.history.append(row)
+        if it % cfg.checkpoint_every == 0 and trainer.dist.is_main:  # [ddp]
+            save_checkpoint(trainer.state_dict(), work_dir)
+            emit({"event": "checkpoint", "iteration": it})
+    trainer.dist.verify_in_sync(trainer)  # [ddp]
+    if trainer.dist.is_main:  # [ddp] only rank 0 writes
+        save_checkpoint(trainer.state_dict(), work_dir)
+        _write_log(log_path, trainer.state.history)
+    if stopped:
+        emit({"event": "stopped", "iteration": trainer.state.iteration})
+        raise CancelledError(f"Training stopped at iteration {trainer.state.iteration}; resume from {out_dir}.")
+    if not trainer.dist.is_main:  # [ddp] rank 0 exports the model folder; the other ranks only trained
+        return TrainResult(out_dir, trainer.state.iteration, trainer.state.seconds, {}, None)  # type: ignore[arg-type]
+    return _export(trainer, train_set, val_set, val_pairs, table, out_dir, cfg, anatomy=anatomy, plane=plane,
+                   spacing=spacing, norm=norm, name=name, title=title, emit=emit, extra_card=extra_card or {})
+
+
+def _median_inplane_spacing(volumes: Sequence[Volume], plane: str) -> float:
+    from ..orientation import reorientation_for
+
+    sp = [s for v in volumes for s in reorientation_for(v, plane).spacing[1:]]
+    return float(round(np.median(sp), 3))
+
+
+def _write_log(path: Path, rows: list[dict]) -> None:
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _fit_conf_calibration(trainer: Trainer, sset: SliceSet, max_voxels: int = 400_000) -> dict:
+    """Platt scaling (scale, bias) of the confidence logit on held-out slices."""
+    logits, correct = [], []
+    for images, labels in zip(sset.images, sset.labels):
+        pred, conf, _ = trainer.forward_slices(images)
+        logits.append(conf.flatten())
+        correct.append((pred == labels.long()).float().flatten())
+    lg, cr = torch.cat(logits), torch.cat(correct)
+    if lg.numel() > max_voxels:
+        idx = torch.randperm(lg.numel(), generator=torch.Generator().manual_seed(0))[:max_voxels]
+        lg, cr = lg[idx], cr[idx]
+    params = torch.tensor([1.0, 0.0], requires_grad=True)
+    opt = torch.optim.LBFGS([params], lr=0.5, max_iter=100)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(lg * params[0] + params[1], cr)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    scale, bias = float(params[0].detach()), float(params[1].detach())
+    if not (math.isfinite(scale) and math.isfinite(bias)) or scale <= 0:
+        scale, bias = 1.0, 0.0
+    return {"scale": round(scale, 5), "bias": round(bias, 5), "method": "platt", "fitted_on_voxels": int(lg.numel())}
+
+
+def _export(trainer: Trainer, train_set: SliceSet, val_set: SliceSet | None, val_pairs, table, out_dir: Path,
+            cfg: TrainConfig, *, anatomy, plane, spacing, norm, name, title, emit, extra_card) -> TrainResult:
+    from safetensors.torch import save_file
+
+    emit({"event": "export", "message": "fitting the style manifold and calibrating"})
+    # style manifold on the real training slices (+ in-range interpolated styles for GASE)
+    feats = [trainer.forward_slices(images)[2] for images in train_set.images]
+    features = torch.cat(feats).numpy()
+    manifold = StyleManifold.fit(features)
+    calib_on = val_set if val_set is not None else train_set
+    cal = _fit_conf_calibration(trainer, calib_on)
+    held_scores = []
+    for images in calib_on.images:
+        _, _, f = trainer.forward_slices(images)
+        s, _ = manifold.score(f.numpy())
+        content = ((images > 0.05).float().mean(dim=(1, 2)) > 0.02).numpy()
+        held_scores.append(s[content] if content.any() else s)
+    threshold = calibrate_threshold(held_scores)
+    tensors = {**{f"segmenter.{k}": v.detach().float().cpu().contiguous() for k, v in trainer.seg.state_dict().items()},
+               **{f"style_encoder.{k}": v.detach().float().cpu().contiguous() for k, v in trainer.enc.state_dict().items()}}
+    save_file(tensors, str(out_dir / "weights.safetensors"))
+    save_file({k: v.contiguous() for k, v in manifold.to_tensors().items()}, str(out_dir / "validity.safetensors"))
+    if cfg.method == "gase":
+        gen_t = {**{f"generator.{k}": v.detach().float().cpu().contiguous() for k, v in trainer.G.state_dict().items()},
+                 **{f"mapping.{k}": v.detach().float().cpu().contiguous() for k, v in trainer.M.state_dict().items()}}
+        save_file(gen_t, str(out_dir / "generator.safetensors"))
+    card = ModelCard(
+        name=name, title=title or name, version="1.0.0", anatomy=anatomy, plane=plane, input_spacing_mm=spacing,
+        labels=tuple(table),
+        architecture={"segmenter_channels": list(cfg.segmenter_channels), "style_dim": cfg.style_dim,
+                      "encoder_channels": [16, 32, 64, 96], "z_dim": cfg.z_dim, "generator_channels": [16, 32, 64],
+                      "method": cfg.method},
+        normalization=norm.to_json(),
+        validity={"threshold": round(threshold, 4), "score": "median over slices of (Mahalanobis in PCA subspace "
+                  "+ off-subspace residual)/2, 1 ~ training slices", "calibration": "bootstrap of held-out volumes x 1.5",
+                  "fitted_on_slices": int(features.shape[0])},
+        confidence_calibration=cal, files={},
+        description=extra_card.pop("description", f"GASE {cfg.method} model for {anatomy} MR, {plane} slices."),
+        training={"config": cfg.to_json(), "iterations": trainer.state.iteration,
+                  "seconds": round(trainer.state.seconds, 1), "device": trainer.device.type,
+                  "train_cases": train_set.names, "val_cases": val_set.names if val_set else [],
+                  **extra_card.pop("training", {})},
+        **extra_card,
+    )
+    write_card(card, out_dir)
+    # end-to-end validation through the real predictor (geometry, resampling, calibration included)
+    val_dice: dict[str, float] = {}
+    if val_pairs:
+        predictor = Predictor.from_folder(out_dir, device=trainer.device.type)
+        scores = {t.name: [] for t in table}
+        for image, lab, _ in val_pairs:
+            res = predictor.predict(image)
+            for t in table:
+                p, r = res.labels.array == t.value, lab == t.value
+                if r.any():
+                    scores[t.name].append(2.0 * np.logical_and(p, r).sum() / (p.sum() + r.sum()))
+        val_dice = {k: round(float(np.mean(v)), 4) for k, v in scores.items() if v}
+        val_dice["mean"] = round(float(np.mean(list(val_dice.values()))), 4)
+        card.metrics = {**card.metrics, "validation_dice": val_dice}
+        write_card(card, out_dir)
+    emit({"event": "done", "model_folder": str(out_dir), "val_dice": val_dice, "iterations": trainer.state.iteration,
+          "seconds": trainer.state.seconds})
+    return TrainResult(out_dir, trainer.state.iteration, trainer.state.seconds, val_dice, card)
