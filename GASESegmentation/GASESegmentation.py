@@ -5,7 +5,6 @@ MRML nodes outside Slicer): ``GASESegmentationLogic`` is the entry point for scr
 """
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -276,7 +275,7 @@ class GASESegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.reliabilityTableView.setMRMLTableNode(outputs.reliability_table)
         self.plotWidget.setMRMLPlotViewNode(self._plotViewNode(outputs.slice_plot.chart))
         self._showVerdictInViews(verdict)
-        png = os.path.join(tempfile.mkdtemp(prefix="gase-manifold-"), "manifold.png")
+        png = os.path.join(slicer.app.temporaryPath, "GASE-manifold.png")  # overwritten by each run
         self.logic.write_manifold_png(outputs, png)
         self.ui.manifoldLabel.setPixmap(qt.QPixmap(png))
         self.refreshRegions()

@@ -22,6 +22,10 @@ for module_dir in ("GASESegmentation", "GASETraining"):
     if (ROOT / module_dir).is_dir() and str(ROOT / module_dir) not in sys.path:
         sys.path.insert(0, str(ROOT / module_dir))
 
+# Tests start background processes (CLI runs, DDP ranks) beside the pytest process: idle OpenMP threads
+# must sleep, not spin, or two processes on two cores slow each other down many times over.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 # Offscreen rendering without X: go straight to EGL (Mesa) instead of failing over from X first.
 if not os.environ.get("DISPLAY"):
     os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
@@ -113,7 +117,7 @@ def tiny_model(tmp_path_factory, knee_cases):
     from gase.training.config import TrainConfig
     from gase.training.loop import train
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # one thread: with other test processes on the cores, a second thread only waits
     out = tmp_path_factory.mktemp("tiny_model")
     pairs = [(img, lab.array.astype("uint8"), f"case{n}") for n, (img, lab) in enumerate(knee_cases)]
     cfg = TrainConfig(method="gase", iterations=12, batch_size=4, crop=64, val_every=12, checkpoint_every=6,

@@ -21,8 +21,18 @@ from gase.volume import Volume
 
 @pytest.fixture(scope="module")
 def predictor(tiny_model):
-    torch.set_num_threads(2)
     return Predictor.from_folder(tiny_model, device="cpu")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    """The test volumes are small: one thread beats two, which wait for each other on a busy machine
+    (every operation would pay for the second thread's wake-up). The CLI reads OMP_NUM_THREADS."""
+    before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _reference(predictor: Predictor, volume: Volume) -> dict:
@@ -175,10 +185,11 @@ def test_intensity_range_never_copies_a_whole_view():
     assert lo == pytest.approx(lo2, abs=5) and hi == pytest.approx(hi2, abs=5)
 
 
-def test_batches_shrink_for_large_slices(predictor):
-    assert predictor.batch_for((384, 384), (384, 384)) == 8
+def test_batches_are_bounded_by_pixels(predictor):
+    assert predictor.batch_for((64, 64), (64, 64)) == 8  # small slices: the batch size
+    assert predictor.batch_for((384, 384), (384, 384)) == max(1, MAX_BATCH_PIXELS["cpu"] // (384 * 384))
     assert predictor.batch_for((1024, 1024), (1024, 1024)) == 1
-    assert predictor.batch_for((64, 64), (2048, 2048)) == max(1, MAX_BATCH_PIXELS["cpu"] // (2048 * 2048))
+    assert predictor.batch_for((64, 64), (2048, 2048)) == 1  # the working size counts too
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True])
@@ -217,3 +228,12 @@ def test_out_of_memory_halves_the_batch_then_falls_back_to_cpu(predictor, knee_c
     assert any("continuing on the CPU" in m for m in messages)
     assert res.device == "cpu"
     np.testing.assert_array_equal(res.labels.array, ref.labels.array)
+
+
+def test_percentiles_by_sorting_equal_numpy():
+    """The GPU path of the intensity range (sort + linear interpolation), run here on the CPU."""
+    from gase.preprocess import _percentiles_gpu
+
+    values = np.random.default_rng(3).gamma(2.0, 100.0, 100_001).astype(np.float32)
+    got = _percentiles_gpu(values, (0.5, 99.5), "cpu")
+    np.testing.assert_allclose(got, np.percentile(values, [0.5, 99.5]), rtol=1e-6)

@@ -7,7 +7,6 @@ outputs, no temporary files) and that every input file is byte-for-byte unchange
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
 import os
 import re
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from gase.cli import main
 from gase.errors import GaseError, GeometryError, InputError, ModelError, TrainingDataError
@@ -28,6 +28,17 @@ from gase.volume import Volume, read_volume, write_volume
 NRRD_HEADER = ("NRRD0004\ntype: int16\ndimension: 3\nsizes: 14 12 10\nendian: little\nencoding: raw\n"
                "space: left-posterior-superior\nspace origin: (0,0,0)\n")
 RAW = np.arange(10 * 12 * 14, dtype=np.int16).tobytes()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    """The test volumes are small: one thread beats two, which wait for each other on a busy machine
+    (every operation would pay for the second thread's wake-up). The CLI reads OMP_NUM_THREADS."""
+    before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,7 +377,7 @@ def test_bad_model_folders(knee_file, tmp_path, tiny_model, capsys):
     assert _leftovers(tmp_path / "out") == []
 
 
-@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a CUDA GPU")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
 def test_cuda_requested_without_a_gpu(knee_file, tmp_path, tiny_model, capsys):
     code, _, err = _cli(["segment", knee_file, "--model", tiny_model, "--out", tmp_path / "out", "--device", "cuda"],
                         capsys)

@@ -113,4 +113,5 @@ def test_verdict_actor_text_matches_the_panel(knee_result):
     actor = verdict_actor(v)
     assert actor.GetInput() == v.slice_view_text()
     assert "OUTSIDE" in actor.GetInput() and "3.20 > threshold 2.00" in actor.GetInput()
+    assert max(len(line) for line in actor.GetInput().splitlines()) <= 55  # fits a small view
     assert tuple(actor.GetTextProperty().GetBackgroundColor()) == pytest.approx(v.rgb)

@@ -12,11 +12,12 @@ def test_valid_and_invalid_texts():
 
     valid = Verdict.from_validity(Validity(True, 1.234, 2.0, np.zeros(3)), reliability=0.871)
     assert valid.headline == "Input valid"
-    assert valid.slice_view_text() == "GASE: input valid (score 1.23 <= threshold 2.00), reliability 0.87"
+    assert valid.slice_view_text() == "GASE: input valid\nscore 1.23 <= threshold 2.00, reliability 0.87"
     assert valid.hex_color == "#2e9e40"
     invalid = Verdict.from_validity(Validity(False, 3.5, 2.0, np.zeros(3)))
     assert invalid.headline == "Outside the model's competence"
-    assert invalid.slice_view_text().startswith("GASE: OUTSIDE the model's competence (score 3.50 > threshold 2.00)")
+    assert invalid.slice_view_text() == ("GASE: OUTSIDE the model's competence\n"
+                                         "score 3.50 > threshold 2.00: do not trust this result")
     html = invalid.banner_html()
     assert "Outside the model&#x27;s competence" in html and "score 3.50 &gt; threshold 2.00" in html
     assert invalid.hex_color in html

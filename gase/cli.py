@@ -160,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="auto uses CUDA when available (default), else the CPU")
     p.add_argument("--batch-size", type=_positive_int, default=None,
-                   help="slices per network batch (default: 8 CPU, 32 GPU; fewer for very large slices)")
+                   help="slices per network batch (default: 8 CPU, 32 GPU; fewer for large slices: on the CPU "
+                        "as many as fit in 384x384 pixels)")
     p.add_argument("--nifti", action="store_true", help="also write the label map as <case>_labels.nii.gz")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse)")
     p.add_argument("--progress-json", action="store_true", help="print progress as JSON lines (for Slicer)")

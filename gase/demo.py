@@ -52,7 +52,7 @@ def render_overview(rows: list[dict], path: Path, title: str) -> Path:
 
     n = len(rows)
     fig = plt.figure(figsize=(16, 3.9 * n + 0.6), dpi=90)
-    gs = fig.add_gridspec(n, 5, width_ratios=[1, 1, 1, 0.05, 1.25], wspace=0.12, hspace=0.28)
+    gs = fig.add_gridspec(n, 5, width_ratios=[1, 1, 1, 0.05, 1.25], wspace=0.2, hspace=0.28)
     fig.suptitle(title, fontsize=14, y=0.995)
     ax_map = fig.add_subplot(gs[:, 4])
     colors = ["tab:green", "tab:orange", "tab:red", "tab:purple"]
@@ -94,6 +94,8 @@ def render_overview(rows: list[dict], path: Path, title: str) -> Path:
                      fontsize=10)
     ax_map.legend(fontsize=8, loc="best")
     ax_map.set_xlabel("PC 1")
+    ax_map.yaxis.tick_right()  # keep the ticks clear of the confidence colour bars on the left
+    ax_map.yaxis.set_label_position("right")
     ax_map.set_ylabel("PC 2")
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)

@@ -1,7 +1,9 @@
 """Label tables: names, colors and SNOMED-CT terminology of the structures GASE segments.
 
 Terminology follows 3D Slicer's ``Category~Type`` convention with ``SCT^code^meaning`` triplets, so a
-segment written by GASE shows its standard name in Slicer's Segment Editor.
+segment written by GASE shows its standard name in Slicer's Segment Editor. Codes and meanings were
+checked against Slicer's terminology files (SlicerGeneralAnatomy and DICOM-Master, 2026); tibia
+(12611008) is a valid SNOMED-CT code that neither Slicer list carries.
 """
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ class LabelInfo:
         """Slicer's segment tag ``TerminologyEntry`` value."""
         cat = "^".join(self.category)
         typ = "^".join(self.type)
-        return f"Segmentation category and type - 3D Slicer General Anatomy list~{cat}~{typ}~^^~Anatomic codes - DICOM master list~^^~^^"
+        # The DICOM master list holds every code used here (the General Anatomy list lacks femur, rectum, body).
+        return f"Segmentation category and type - DICOM master list~{cat}~{typ}~^^~Anatomic codes - DICOM master list~^^~^^"
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -63,15 +66,15 @@ def _sct(code: str, meaning: str) -> tuple[str, str, str]:
 
 KNEE_LABELS: tuple[LabelInfo, ...] = (
     LabelInfo(1, "femur", (0.945, 0.839, 0.569), ANATOMICAL_STRUCTURE, _sct("71341001", "Femur")),
-    LabelInfo(2, "femoral cartilage", (0.435, 0.722, 0.824), TISSUE, _sct("309312004", "Cartilage tissue")),
+    LabelInfo(2, "femoral cartilage", (0.435, 0.722, 0.824), TISSUE, _sct("309312004", "Cartilage")),
     LabelInfo(3, "tibia", (0.867, 0.510, 0.396), ANATOMICAL_STRUCTURE, _sct("12611008", "Tibia")),
-    LabelInfo(4, "tibial cartilage", (0.565, 0.933, 0.565), TISSUE, _sct("309312004", "Cartilage tissue")),
+    LabelInfo(4, "tibial cartilage", (0.565, 0.933, 0.565), TISSUE, _sct("309312004", "Cartilage")),
 )
 
 PELVIS_LABELS: tuple[LabelInfo, ...] = (
     LabelInfo(1, "body", (0.694, 0.478, 0.396), ANATOMICAL_STRUCTURE, _sct("38266002", "Entire body")),
-    LabelInfo(2, "bone", (0.945, 0.839, 0.569), TISSUE, _sct("3138006", "Bone tissue")),
-    LabelInfo(3, "bladder", (0.847, 0.710, 0.235), ANATOMICAL_STRUCTURE, _sct("89837001", "Urinary bladder")),
+    LabelInfo(2, "bone", (0.945, 0.839, 0.569), TISSUE, _sct("272673000", "Bone")),
+    LabelInfo(3, "bladder", (0.847, 0.710, 0.235), ANATOMICAL_STRUCTURE, _sct("89837001", "Bladder")),
     LabelInfo(4, "rectum", (0.565, 0.933, 0.565), ANATOMICAL_STRUCTURE, _sct("34402009", "Rectum")),
     LabelInfo(5, "prostate", (0.902, 0.314, 0.471), ANATOMICAL_STRUCTURE, _sct("41216001", "Prostate")),
 )

@@ -128,7 +128,7 @@ def _check_architecture(arch: dict, where: str) -> None:
                 isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= MAX_CHANNELS for c in v):
             raise ModelError(f"{where}: architecture.{key} must list {lo} to {hi} layer widths, each 1..{MAX_CHANNELS}.")
 
-    widths("segmenter_channels", 2, 8)
+    widths("segmenter_channels", 3, 8)  # the confidence head reads the last two decoder levels
     widths("encoder_channels", 1, 8)
     if not 1 <= arch["style_dim"] <= MAX_CHANNELS:
         raise ModelError(f"{where}: architecture.style_dim must be 1..{MAX_CHANNELS}.")

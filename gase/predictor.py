@@ -45,9 +45,11 @@ ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
 
 MAX_WORKING_PIXELS = 2048 * 2048
-# Pixels per batch (input or working size, whichever is larger): bounds the activation memory, so a
-# 1024x1024 slice runs alone on the CPU while 384x384 slices run 8 at a time (32 by default on CUDA).
-MAX_BATCH_PIXELS = {"cpu": 8 * 384 * 384, "cuda": 64 * 384 * 384}
+# Pixels per batch (input or working size, whichever is larger). On the CPU one 384x384 slice: its
+# full-resolution activations (16 channels, 9 MB each) then stay in cache, which halves the time per slice
+# against batches of 8 (measured single-threaded, fp32), and the memory stays bounded for any slice size.
+# On CUDA it only bounds the memory; the batch is 32 slices by default.
+MAX_BATCH_PIXELS = {"cpu": 384 * 384, "cuda": 64 * 384 * 384}
 CONTENT_LEVEL = 0.05      # normalised intensity above which a pixel counts as content
 CONTENT_FRACTION = 0.02   # fraction of content pixels for a slice to count in the validity score
 
@@ -111,7 +113,7 @@ def segment(seg: SegDiscriminator, x: torch.Tensor) -> tuple[torch.Tensor, torch
 
     ``conv(cat(d0, up(d1), softmax))`` = ``conv_a(cat(d0, softmax)) + up(conv_b(d1))``: bilinear upsampling
     is linear and its weights sum to one, so the 24-channel map is mixed down at half resolution and
-    the 45-channel full-resolution concatenation never exists (about 15% of the CPU forward). Equal to
+    the 45-channel full-resolution concatenation never exists (~8% of the CPU forward, measured). Equal to
     ``seg(x)`` up to float rounding (Testing/test_fast_path.py); any other head layout uses ``seg(x)``.
     """
     head = seg.conf_head
@@ -124,17 +126,19 @@ def segment(seg: SegDiscriminator, x: torch.Tensor) -> tuple[torch.Tensor, torch
         h = layer(h)
         skips.append(h)
     features = torch.cat([channel_stats(skips[-1]), channel_stats(skips[-2])], dim=1)
-    decoded = []
-    for up, dec, skip in zip(seg.up, seg.dec, reversed(skips[:-1])):
-        h = dec(torch.cat([up(h), skip], dim=1))
-        decoded.append(h)
-    d0, d1 = decoded[-1], decoded[-2]
+    h = skips.pop()
+    for up, dec in zip(seg.up, seg.dec):  # skips are dropped as they are used: less memory on big slices
+        d1, h = h, dec(torch.cat([up(h), skips.pop()], dim=1))
+    d0 = h
+    del h
     logits = seg.seg_head(d0)
-    c0, c1, w = d0.shape[1], d1.shape[1], first.weight
-    probs = torch.softmax(logits, 1).to(d0.dtype)
-    hidden = F.conv2d(torch.cat([d0, probs], dim=1), torch.cat([w[:, :c0], w[:, c0 + c1:]], dim=1), first.bias)
-    hidden += F.interpolate(F.conv2d(d1, w[:, c0:c0 + c1]), size=d0.shape[-2:], mode="bilinear",
+    c0, c1, w, size = d0.shape[1], d1.shape[1], first.weight, d0.shape[-2:]
+    hidden = F.conv2d(torch.cat([d0, torch.softmax(logits, 1).to(d0.dtype)], dim=1),
+                      torch.cat([w[:, :c0], w[:, c0 + c1:]], dim=1), first.bias)
+    del d0
+    hidden += F.interpolate(F.conv2d(d1, w[:, c0:c0 + c1]), size=size, mode="bilinear",
                             align_corners=False).to(hidden.dtype)
+    del d1
     return logits, head[1:](hidden), features
 
 
@@ -178,12 +182,13 @@ def run_slices(model: SliceModel, x: torch.Tensor, spacing_hw: tuple[float, floa
         if resized:
             probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
             conf = F.interpolate(conf, size=(h, w), mode="bilinear", align_corners=False)
-        labels = probs.argmax(1).to(torch.uint8)
+        top = probs.max(1)  # max(dim).indices: argmax's first-maximum rule, ~6x faster than argmax on the CPU
+        labels = top.indices.to(torch.uint8)
     else:
-        labels = logits.argmax(1).to(torch.uint8)  # softmax is monotonic: same labels, one pass less
+        labels = logits.max(1).indices.to(torch.uint8)  # softmax is monotonic: same labels, one pass less
     conf = conf[:, 0].clamp_(0, 1)
     if keep_probs:
-        msp = probs.amax(1)
+        msp = top.values
         entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(1)
         return SliceOutputs(labels, conf, feats.float(), msp, entropy)
     return SliceOutputs(labels, conf, feats.float())
@@ -200,6 +205,27 @@ def _transfer_dtype(dtype: np.dtype) -> np.dtype:
     if dtype == np.dtype(np.uint16):
         return np.dtype(np.int16)
     return dtype if dtype in _TORCH_DTYPES else np.dtype(np.float32)
+
+
+TRIM_EVERY_PIXELS = 16 * 1024 * 1024  # 16 slices of 1024x1024, ~110 of 384x384 (trimming costs refaults)
+_malloc_trim = None
+
+
+def _trim_heap() -> None:
+    """Give freed heap memory back to the OS. glibc keeps part of each freed activation on its heap, so
+    on 1024x1024 slices the resident size crept up ~4 MB per slice (to ~5.5 GB at 400 slices instead of
+    ~3.6 GB); ``malloc_trim`` stops that. Not after every batch: the memory it returns is faulted back in
+    by the next ones (~5% slower on 384x384 slices). A no-op where it does not exist (macOS, Windows)."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+
+            _malloc_trim = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
 
 
 def _host_array(shape: tuple[int, ...], dtype, pinned: bool) -> np.ndarray:
@@ -250,7 +276,8 @@ class _HostWriter:
     page-locked staging copy that is written out once the next batch has been queued. :meth:`flush`
     waits for everything."""
 
-    def __init__(self):
+    def __init__(self, device: torch.device):
+        self.device = device
         self.pending: list[tuple] = []
         self.cuda = False
 
@@ -272,7 +299,7 @@ class _HostWriter:
         self.pending = []
         if staged:
             event = torch.cuda.Event()
-            event.record()
+            event.record(torch.cuda.current_stream(src.device))
             self.pending.append((event, staged))
         self._drain(previous)
 
@@ -285,7 +312,9 @@ class _HostWriter:
     def flush(self) -> None:
         self._drain(self.pending)
         self.pending = []
-        if self.cuda:
+        if self.cuda and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elif self.cuda:  # the run moved to the CPU after an out-of-memory error: wait for every GPU
             torch.cuda.synchronize()
 
 
@@ -411,9 +440,9 @@ class Predictor:
         if return_probabilities:
             msp_out, ent_out = np.zeros(volume.shape, np.float32), np.zeros(volume.shape, np.float32)
             msp_c, ent_c = reo.forward(msp_out), reo.forward(ent_out)
-        stats, writer = _BatchStats(self.card.n_classes), _HostWriter()
+        stats, writer = _BatchStats(self.card.n_classes), _HostWriter(self.device)
         divisor = self.model.segmenter.divisor
-        s = 0
+        s = since_trim = 0
         batch = self.batch_for(canon.shape[1:], size)
         progress(0.0, f"segmenting {n_slices} slices on {self.device.type}")
         while s < n_slices:
@@ -447,6 +476,11 @@ class Predictor:
             if return_probabilities:
                 targets += [(out.msp, msp_c), (out.entropy, ent_c)]
             writer.write(s, e, targets)
+            if self.device.type == "cpu":
+                since_trim += (e - s) * size[0] * size[1]
+                if since_trim >= TRIM_EVERY_PIXELS:
+                    _trim_heap()
+                    since_trim = 0
             s = e
             progress(s / n_slices, f"segmented {s}/{n_slices} slices")
         writer.flush()

@@ -87,9 +87,16 @@ def _sample(array: np.ndarray, max_samples: int) -> np.ndarray:
 def _percentiles(values: np.ndarray, qs: tuple[float, float], device) -> tuple[float, float]:
     """Linear-interpolated percentiles ``qs`` (0..100) of 1-D ``values``, as :func:`numpy.percentile`;
     sorted on the GPU when ``device`` is a CUDA device."""
-    if device is None or torch.device(device).type != "cuda":
-        lo, hi = np.percentile(values, list(qs))
-        return float(lo), float(hi)
+    if device is not None and torch.device(device).type == "cuda":
+        try:
+            return _percentiles_gpu(values, qs, device)
+        except torch.cuda.OutOfMemoryError:  # the GPU is full: the CPU gives the same numbers
+            torch.cuda.empty_cache()
+    lo, hi = np.percentile(values, list(qs))
+    return float(lo), float(hi)
+
+
+def _percentiles_gpu(values: np.ndarray, qs: tuple[float, float], device) -> tuple[float, float]:
     ordered = torch.sort(torch.from_numpy(np.ascontiguousarray(values)).to(device)).values
     n = ordered.numel()
     pos = torch.tensor([q / 100.0 * (n - 1) for q in qs], dtype=torch.float64)

@@ -88,23 +88,20 @@ def volume_score(slice_scores: np.ndarray, content: np.ndarray) -> float:
     return float(np.median(s[m])) if m.any() else float("inf")
 
 
-def calibrate_threshold(heldout_slice_scores: list[np.ndarray], margin: float = 1.5, seed: int = 0) -> float:
-    """Threshold on the volume score from held-out training-domain volumes' slice scores.
+def calibrate_threshold(heldout_slice_scores: list[np.ndarray], margin: float = 1.0) -> float:
+    """Volume-score threshold from in-distribution volumes that the manifold did not see.
 
-    Volume scores are medians over slices; to see their spread with only one or two held-out volumes, the
-    held-out slices are resampled (bootstrap of half-volumes). The threshold is the largest bootstrapped
-    volume score times ``margin``: in-domain volumes then pass, while off-manifold inputs score many times
-    higher.
+    ``heldout_slice_scores`` holds one array of slice scores per volume (leave-one-volume-out training
+    volumes and validation volumes). The threshold is ``margin`` times the median of their volume scores
+    (medians over slices). A leave-one-out manifold lacks one training subject, so these scores already
+    overstate what a new in-distribution scan scores against the full manifold: that gap is the margin,
+    and ``margin`` stays 1. Measured on the knee demo model (Resources/Models/knee-demo, 5 source-style
+    subjects, 2 of each OOD kind): source 1.10-1.45, T1/T2 SE 1.36-1.40 against a threshold of 1.65;
+    CT-like 1.89-1.96, another anatomy 1.73-2.05, noise 2.5, inverted 2.8, motion 2.5-2.8, wrong plane 5+.
+    The CT margin is thin (about 1.3x): see the README's notes on validity.
     """
-    rng = np.random.default_rng(seed)
-    meds = []
-    for s in heldout_slice_scores:
-        s = np.asarray(s)[np.isfinite(s)]
-        if s.size == 0:
-            continue
-        meds.append(np.median(s))
-        for _ in range(200):
-            meds.append(np.median(rng.choice(s, size=max(1, s.size // 2), replace=True)))
-    if not meds:
+    vols = [float(np.median(np.asarray(s)[np.isfinite(s)])) for s in heldout_slice_scores
+            if np.isfinite(np.asarray(s)).any()]
+    if not vols:
         raise ValueError("no held-out scores to calibrate on")
-    return float(max(meds) * margin)
+    return float(np.median(vols) * margin)

@@ -24,7 +24,7 @@ from .verdict import Verdict
 DISPLAYABLE_MANAGERS = ("vtkMRMLSegmentationsDisplayableManager2D", "vtkMRMLColorLegendDisplayableManager")
 
 
-def verdict_actor(verdict: Verdict, font_size: int = 14) -> vtk.vtkTextActor:
+def verdict_actor(verdict: Verdict, font_size: int = 13) -> vtk.vtkTextActor:
     """A white-on-colour text banner (green: valid, red: outside competence) centred at the top of a view."""
     actor = vtk.vtkTextActor()
     actor.SetInput(verdict.slice_view_text())
@@ -111,7 +111,8 @@ class SliceViewRenderer:
             self.renderer.RemoveViewProp(self._text)
             self._text = None
         if verdict is not None:
-            self._text = verdict_actor(verdict, font_size=max(10, self.size[1] // 32))
+            # Two lines of at most ~55 characters must fit the view's width.
+            self._text = verdict_actor(verdict, font_size=max(9, min(self.size[1] // 28, self.size[0] // 34)))
             self.renderer.AddViewProp(self._text)
 
     def jump_to(self, ras) -> None:

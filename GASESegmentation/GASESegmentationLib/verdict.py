@@ -7,8 +7,9 @@ One source for both, so the panel and the views never disagree.
 >>> v = Verdict.from_validity(Validity(False, 3.2, 2.0, np.zeros(0)))
 >>> v.headline
 "Outside the model's competence"
->>> v.slice_view_text()
-"GASE: OUTSIDE the model's competence (score 3.20 > threshold 2.00). Do not trust this result."
+>>> print(v.slice_view_text())
+GASE: OUTSIDE the model's competence
+score 3.20 > threshold 2.00: do not trust this result
 """
 from __future__ import annotations
 
@@ -60,13 +61,11 @@ class Verdict:
         return "#" + "".join(f"{round(c * 255):02x}" for c in self.rgb)
 
     def slice_view_text(self) -> str:
-        """One line for the slice views."""
+        """Two short lines for the slice views (they must fit a small view of a four-up layout)."""
         if self.valid:
-            text = f"GASE: input valid ({self.comparison})"
-            if self.reliability is not None:
-                text += f", reliability {self.reliability:.2f}"
-            return text
-        return f"GASE: OUTSIDE the model's competence ({self.comparison}). Do not trust this result."
+            details = self.comparison + ("" if self.reliability is None else f", reliability {self.reliability:.2f}")
+            return f"GASE: input valid\n{details}"
+        return f"GASE: OUTSIDE the model's competence\n{self.comparison}: do not trust this result"
 
     def explanation(self) -> str:
         if self.valid:

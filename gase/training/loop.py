@@ -336,6 +336,12 @@ def _write_log(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
+def _content_scores(scores: np.ndarray, images: torch.Tensor) -> np.ndarray:
+    """Slice scores of the slices with content (as the predictor counts them)."""
+    content = ((images > 0.05).float().mean(dim=(1, 2)) > 0.02).numpy()
+    return scores[content] if content.any() else scores
+
+
 def _fit_conf_calibration(trainer: Trainer, sset: SliceSet, max_voxels: int = 400_000) -> dict:
     """Platt scaling (scale, bias) of the confidence logit on held-out slices."""
     logits, correct = [], []
@@ -369,17 +375,20 @@ def _export(trainer: Trainer, train_set: SliceSet, val_set: SliceSet | None, val
 
     emit({"event": "export", "message": "fitting the style manifold and calibrating"})
     # style manifold on the real training slices (+ in-range interpolated styles for GASE)
-    feats = [trainer.forward_slices(images)[2] for images in train_set.images]
-    features = torch.cat(feats).numpy()
-    manifold = StyleManifold.fit(features)
-    calib_on = val_set if val_set is not None else train_set
-    cal = _fit_conf_calibration(trainer, calib_on)
+    feats = [trainer.forward_slices(images)[2].numpy() for images in train_set.images]
+    manifold = StyleManifold.fit(np.concatenate(feats))
+    cal = _fit_conf_calibration(trainer, val_set if val_set is not None else train_set)
+    # In-distribution volume scores the way a new scan meets the manifold: each training volume scored
+    # against a manifold fitted without it (leave one volume out), plus the held-out volumes.
     held_scores = []
-    for images in calib_on.images:
-        _, _, f = trainer.forward_slices(images)
-        s, _ = manifold.score(f.numpy())
-        content = ((images > 0.05).float().mean(dim=(1, 2)) > 0.02).numpy()
-        held_scores.append(s[content] if content.any() else s)
+    for i, images in enumerate(train_set.images):
+        others = [f for j, f in enumerate(feats) if j != i]
+        if others:
+            s_i, _ = StyleManifold.fit(np.concatenate(others)).score(feats[i])
+            held_scores.append(_content_scores(s_i, images))
+    for images in (val_set.images if val_set is not None else []):
+        s_v, _ = manifold.score(trainer.forward_slices(images)[2].numpy())
+        held_scores.append(_content_scores(s_v, images))
     threshold = calibrate_threshold(held_scores)
     tensors = {**{f"segmenter.{k}": v.detach().float().cpu().contiguous() for k, v in trainer.seg.state_dict().items()},
                **{f"style_encoder.{k}": v.detach().float().cpu().contiguous() for k, v in trainer.enc.state_dict().items()}}
@@ -397,8 +406,8 @@ def _export(trainer: Trainer, train_set: SliceSet, val_set: SliceSet | None, val
                       "method": cfg.method},
         normalization=norm.to_json(),
         validity={"threshold": round(threshold, 4), "score": "median over slices of (Mahalanobis in PCA subspace "
-                  "+ off-subspace residual)/2, 1 ~ training slices", "calibration": "bootstrap of held-out volumes x 1.5",
-                  "fitted_on_slices": int(features.shape[0])},
+                  "+ off-subspace residual)/2, 1 ~ training slices", "calibration": "median volume score of leave-one-volume-out training volumes and validation volumes",
+                  "fitted_on_slices": int(sum(len(f) for f in feats))},
         confidence_calibration=cal, files={},
         description=extra_card.pop("description", f"GASE {cfg.method} model for {anatomy} MR, {plane} slices."),
         training={"config": cfg.to_json(), "iterations": trainer.state.iteration,

@@ -1,0 +1,62 @@
+"""The shipped demo model: loads safely, accepts its own style, rejects what is not knee MR, and
+`gase demo` (the README's main job) writes every output plus the overview PNG."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from gase.model_card import default_model_folder, load_card
+from gase.phantoms import SOURCE_STYLE, make_case, make_ood
+from gase.predictor import Predictor
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return Predictor.from_folder(default_model_folder(), device="cpu")
+
+
+def test_card_documents_the_recipe_and_metrics():
+    card = load_card(default_model_folder())
+    assert card.name == "knee-demo" and card.plane == "sagittal"
+    assert card.training["source_style"] == SOURCE_STYLE["knee"]
+    assert card.training["recipe"].endswith("knee-demo.recipe.sh")
+    assert 0.0 < card.metrics["validation_dice"]["mean"] <= 1.0
+    size = sum(p.stat().st_size for p in default_model_folder().glob("*.safetensors"))
+    assert size < 8 * 2**20  # a few MB
+
+
+def test_source_style_knee_is_valid_and_segmented(demo):
+    img, lab = make_case("knee", SOURCE_STYLE["knee"], 4242)
+    res = demo.predict(img)
+    assert res.validity.valid, res.validity.to_json()
+    femur = 2 * np.sum((res.labels.array == 1) & (lab.array == 1)) / (np.sum(res.labels.array == 1) + np.sum(lab.array == 1))
+    assert femur > 0.7
+
+
+@pytest.mark.parametrize("kind", ["noise", "ct"])
+def test_not_knee_mr_is_flagged_invalid(demo, kind):
+    res = demo.predict(make_ood(kind, "knee", 4243))
+    assert not res.validity.valid, res.validity.to_json()
+    assert res.validity.score > res.validity.threshold
+
+
+def test_gase_demo_writes_outputs_and_overview(tmp_path, capsys):
+    from gase.cli import main
+
+    assert main(["demo", "--out", str(tmp_path), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "overview.png" in out.replace(str(tmp_path) + "/", "")
+    png = tmp_path / "overview.png"
+    assert png.stat().st_size > 20_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    reports = sorted(tmp_path.glob("*_report.json"))
+    assert len(reports) == 3
+    verdicts = {p.name: json.loads(p.read_text())["validity"]["valid"] for p in reports}
+    assert verdicts["knee_pd_fse_report.json"] is True
+    assert verdicts["knee_ct_like_report.json"] is False
+    for case in ("knee_pd_fse", "knee_t1_se", "knee_ct_like"):
+        assert (tmp_path / f"{case}.seg.nrrd").is_file() and (tmp_path / f"{case}_confidence.nrrd").is_file()
+    # a second run refuses to overwrite, and says how to
+    assert main(["demo", "--out", str(tmp_path), "--device", "cpu"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
