@@ -23,6 +23,27 @@ from slicer.util import VTKObservationMixin
 from GASESegmentationLib.logic import DEFAULT_THRESHOLD
 from GASESegmentationLib.logic import GASESegmentationLogic as LibraryLogic
 
+
+class GASESegmentation(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("GASE Segmentation")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["GASE developers"]
+        self.parent.helpText = _(
+            "Segment an MR volume with a GASE model and see how far to trust the result: a per-voxel confidence "
+            "overlay, per-structure reliability, and an input-validity verdict (is the scan inside what the model "
+            "learned?). Review low-confidence regions and turn them into a segment to edit. Segmentation runs in "
+            "a background process; Apply becomes Cancel. From the Python console: "
+            "<code>GASESegmentationLib.logic.GASESegmentationLogic().process(volumeNode)</code>.")
+        self.parent.acknowledgementText = _(
+            "GASE follows Dai et al., Interpretable Semantic Medical Image Segmentation with Style and "
+            "Confidence, IEEE TPAMI 2026.")
+        # Sample data registers once the application has started (SampleData module loaded).
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
 def _sampleCacheDir() -> Path:
     return Path(slicer.app.cachePath) / "GASE"
 

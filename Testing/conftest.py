@@ -32,6 +32,19 @@ if not os.environ.get("DISPLAY"):
 
 
 @pytest.fixture
+def one_thread(monkeypatch):
+    """The test volumes are small: one thread beats two, which wait for each other on a busy machine
+    (every operation would pay for the second thread's wake-up). The CLI reads OMP_NUM_THREADS."""
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def slicer_app_logic(monkeypatch):
     slicer = pytest.importorskip("slicer", reason="the slicer-core wheel is needed for MRML tests")
     import vtk

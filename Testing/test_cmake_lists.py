@@ -128,3 +128,16 @@ def test_the_library_never_imports_qt_or_torch():
         imported |= {node.module.split(".")[0] for node in ast.walk(tree)
                      if isinstance(node, ast.ImportFrom) and node.module and node.level == 0}
         assert not imported & {"qt", "ctk", "torch", "monai", "PythonQt"}, (path.name, imported)
+
+
+@pytest.mark.parametrize("module", ["GASESegmentation", "GASETraining"])
+def test_module_file_defines_the_classes_slicer_looks_for(module):
+    """Slicer loads a scripted module through a class named like the file (plus Widget/Logic/Test)."""
+    import ast
+
+    tree = ast.parse((ROOT / module / f"{module}.py").read_text())
+    bases = {node.name: [getattr(b, "id", None) for b in node.bases]
+             for node in tree.body if isinstance(node, ast.ClassDef)}
+    assert "ScriptedLoadableModule" in bases.get(module, []), f"{module}.py lacks class {module}(ScriptedLoadableModule)"
+    assert "ScriptedLoadableModuleWidget" in bases.get(f"{module}Widget", [])
+    assert "ScriptedLoadableModuleTest" in bases.get(f"{module}Test", [])

@@ -31,14 +31,8 @@ RAW = np.arange(10 * 12 * 14, dtype=np.int16).tobytes()
 
 
 @pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    """The test volumes are small: one thread beats two, which wait for each other on a busy machine
-    (every operation would pay for the second thread's wake-up). The CLI reads OMP_NUM_THREADS."""
-    before = torch.get_num_threads()
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Every test here runs single-threaded (see conftest.one_thread)."""
 
 
 # ---------------------------------------------------------------------------------------------

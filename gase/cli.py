@@ -11,21 +11,13 @@ import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from .errors import GaseError
 
 EXIT_USER_ERROR = 2
 EXIT_CANCELLED = 3
-
-
-class JsonEvents:
-    """Prints events as JSON lines on stdout (flushed), for a parent process to parse."""
-
-    def __call__(self, event: dict) -> None:
-        print(json.dumps(event, default=_jsonable), flush=True)
 
 
 def _jsonable(o):

@@ -7,7 +7,7 @@ checked against Slicer's terminology files (SlicerGeneralAnatomy and DICOM-Maste
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 from .errors import ModelError

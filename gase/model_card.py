@@ -21,7 +21,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 from .errors import ModelError
 from .labels import LabelInfo, labels_from_json

@@ -1,7 +1,7 @@
 """Typed training configuration, validated once at the edge (CLI, Slicer module)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from ..errors import InputError
 

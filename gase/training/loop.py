@@ -33,7 +33,7 @@ from ..labels import LabelInfo
 from ..model_card import ModelCard, write_card
 from ..nets import MappingNetwork, SegDiscriminator, StyleEncoder, StyleGenerator
 from ..preprocess import Normalization, pad_to_multiple
-from ..predictor import Predictor, SliceModel, resolve_device
+from ..predictor import Predictor, resolve_device
 from ..validity import StyleManifold, calibrate_threshold
 from ..volume import Volume
 from .augment import diversify_styles, gaussian_cutout, random_curves, standard_augment
