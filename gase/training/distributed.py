@@ -228,5 +228,12 @@ def shutdown() -> None:
     """Leave the process group (if any) and fall back to the one-process context."""
     global _CURRENT
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if torch.distributed.get_backend() == "gloo":
+            # gloo aborts a process (std::terminate) whose peers close their connections while it still
+            # tears down: leave together. Bounded wait, so a dead peer cannot hang the exit.
+            try:
+                torch.distributed.monitored_barrier(timeout=datetime.timedelta(seconds=120), wait_all_ranks=True)
+            except RuntimeError:
+                pass
         torch.distributed.destroy_process_group()
     _CURRENT = DistContext()

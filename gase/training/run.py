@@ -121,6 +121,9 @@ def run_training_cli(args: argparse.Namespace) -> int:
             result = train([loaded[i] for i in train_idx], [loaded[i] for i in val_idx], table, out, cfg,
                            anatomy=args.anatomy, plane=plane, name=args.name or out.name,
                            on_event=chain(on_event, scalars, previews), should_stop=stop, resume=not args.no_resume)
+        # Rank 0 exports the model while the others are done: they wait here, so that no rank leaves the
+        # process group while another still runs (gloo aborts the process that left early).
+        ctx.barrier()
     finally:
         if scalars is not None:
             scalars.close()
