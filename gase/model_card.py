@@ -256,6 +256,12 @@ def load_tensors(card: ModelCard, name: str, device: str = "cpu") -> dict:
                          "was saved in another format; GASE loads only safetensors.") from None
 
 
+def prefixed(tensors: dict, prefix: str) -> dict:
+    """The entries of a safetensors dict under ``prefix.`` with the prefix removed (one network's state)."""
+    start = len(prefix) + 1
+    return {k[start:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
 # ---------------------------------------------------------------------------------------------
 # Where models live
 # ---------------------------------------------------------------------------------------------

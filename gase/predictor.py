@@ -30,7 +30,7 @@ import torch
 from torch.nn import functional as F
 
 from .errors import CancelledError, InputError, ModelError
-from .model_card import ModelCard, load_card, load_tensors
+from .model_card import ModelCard, load_card, load_tensors, prefixed
 from .nets import SegDiscriminator, StyleEncoder
 from .nets.blocks import channel_stats
 from .orientation import reorientation_for
@@ -395,9 +395,8 @@ class Predictor:
         weights = load_tensors(card, "weights.safetensors")
         seg, enc = build_segmenter(card), build_encoder(card)
         try:
-            seg.load_state_dict({k[len("segmenter."):]: v for k, v in weights.items() if k.startswith("segmenter.")})
-            enc.load_state_dict({k[len("style_encoder."):]: v for k, v in weights.items()
-                                 if k.startswith("style_encoder.")})
+            seg.load_state_dict(prefixed(weights, "segmenter"))
+            enc.load_state_dict(prefixed(weights, "style_encoder"))
         except RuntimeError as exc:
             raise ModelError(f"{folder}: the weights do not match the architecture in model.json "
                              f"({str(exc).splitlines()[0]}). The model folder is inconsistent.") from None

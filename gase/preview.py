@@ -150,7 +150,7 @@ def preview_from_checkpoint(checkpoint: dict, n_classes: int, slices: ExampleSli
 def preview_from_model(folder: str | os.PathLike, slices: ExampleSlices,
                        alphas: Sequence[float] = DEFAULT_ALPHAS) -> StylePreview:
     """Preview from a model folder's ``generator.safetensors`` and style encoder (safetensors only)."""
-    from .model_card import load_card, load_tensors
+    from .model_card import load_card, load_tensors, prefixed
     from .nets import StyleGenerator
     from .predictor import build_encoder
 
@@ -166,9 +166,8 @@ def preview_from_model(folder: str | os.PathLike, slices: ExampleSlices,
     gen_t = load_tensors(card, "generator.safetensors")
     enc_t = load_tensors(card, "weights.safetensors")
     try:
-        generator.load_state_dict({k[len("generator."):]: v for k, v in gen_t.items() if k.startswith("generator.")})
-        encoder.load_state_dict({k[len("style_encoder."):]: v for k, v in enc_t.items()
-                                 if k.startswith("style_encoder.")})
+        generator.load_state_dict(prefixed(gen_t, "generator"))
+        encoder.load_state_dict(prefixed(enc_t, "style_encoder"))
     except RuntimeError as exc:
         raise ModelError(f"{folder}: the generator weights do not match the card's architecture "
                          f"({str(exc).splitlines()[0]}). The model folder is damaged; re-export it.") from None
