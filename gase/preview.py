@@ -124,8 +124,10 @@ def style_interpolation(generator: torch.nn.Module, encoder: torch.nn.Module, sl
         a = torch.tensor([float(v) for v in alphas], dtype=torch.float32)[:, None]
         w = w_a + a * (w_b - w_a)  # (A, style_dim)
         y = torch.from_numpy(slices.labels.astype(np.int64))
-        y_onehot = F.one_hot(y, n_classes).permute(2, 0, 1).float()[None].expand(len(a), -1, -1, -1)
-        images = generator(y_onehot.contiguous(), w)[:, 0].float().clamp(-0.2, 1.2).numpy()
+        layout = F.one_hot(y, n_classes).permute(2, 0, 1).float()[None]
+        if getattr(generator, "content_channels", 0):  # the unlabelled anatomy comes from x_a itself
+            layout = torch.cat([layout, xa], 1)
+        images = generator(layout.expand(len(a), -1, -1, -1).contiguous(), w)[:, 0].float().clamp(-0.2, 1.2).numpy()
     return StylePreview(images.astype(np.float32), slices.labels.copy(), tuple(float(v) for v in alphas),
                         slices.x_a.copy(), slices.x_b.copy(), int(iteration))
 
@@ -139,7 +141,7 @@ def preview_from_checkpoint(checkpoint: dict, n_classes: int, slices: ExampleSli
 
     cfg = json.loads(checkpoint["config"])
     with torch.random.fork_rng(devices=[]):  # building the networks draws initial weights
-        generator = StyleGenerator(n_classes, int(cfg["style_dim"]))
+        generator = StyleGenerator(n_classes, int(cfg["style_dim"]), content_channels=int(cfg.get("gen_content", False)))
         encoder = StyleEncoder(int(cfg["style_dim"]))
     generator.load_state_dict(checkpoint["G"])
     encoder.load_state_dict(checkpoint["enc"])
@@ -161,7 +163,8 @@ def preview_from_model(folder: str | os.PathLike, slices: ExampleSlices,
     arch = card.architecture
     with torch.random.fork_rng(devices=[]):  # building the networks draws initial weights
         generator = StyleGenerator(card.n_classes, int(arch["style_dim"]),
-                                   tuple(arch.get("generator_channels", (16, 32, 64))))
+                                   tuple(arch.get("generator_channels", (16, 32, 64))),
+                                   content_channels=int(arch.get("generator_content_channels", 0)))
         encoder = build_encoder(card)
     gen_t = load_tensors(card, "generator.safetensors")
     enc_t = load_tensors(card, "weights.safetensors")

@@ -52,20 +52,29 @@ class GenBlock(nn.Module):
 
 
 class StyleGenerator(nn.Module):
-    """(B, K, H, W) one-hot label map + (B, style_dim) style -> (B, 1, H, W) image. H, W divisible by 4."""
+    """(B, K + C, H, W) layout + (B, style_dim) style -> (B, 1, H, W) image. H, W divisible by 4.
 
-    def __init__(self, n_classes: int, style_dim: int = 64, channels: tuple[int, int, int] = (16, 32, 64)):
+    The layout is the one-hot label map (K channels), followed by ``content_channels`` (C) channels of
+    unlabelled anatomy: a style-scrambled rendering of the real image (random intensity curve), so
+    that the tissues nobody labelled (muscle, fat, patella, fluid...) keep their shapes in the
+    synthetic image instead of becoming a blur. With C = 0 the generator sees the labels only.
+    """
+
+    def __init__(self, n_classes: int, style_dim: int = 64, channels: tuple[int, int, int] = (16, 32, 64),
+                 content_channels: int = 0):
         super().__init__()
         c0, c1, c2 = channels
-        self.stem = nn.Conv2d(n_classes, c0, 3, padding=1)
+        n_layout = n_classes + content_channels
+        self.stem = nn.Conv2d(n_layout, c0, 3, padding=1)
         self.down1 = nn.Conv2d(c0, c1, 4, stride=2, padding=1)
         self.down2 = nn.Conv2d(c1, c2, 4, stride=2, padding=1)
-        self.mid = GenBlock(c2, c2, n_classes, style_dim)
-        self.up1 = GenBlock(c2 + c1, c1, n_classes, style_dim)
-        self.up0 = GenBlock(c1 + c0, c0, n_classes, style_dim)
+        self.mid = GenBlock(c2, c2, n_layout, style_dim)
+        self.up1 = GenBlock(c2 + c1, c1, n_layout, style_dim)
+        self.up0 = GenBlock(c1 + c0, c0, n_layout, style_dim)
         self.to_img = nn.Conv2d(c0, 1, 1)
         self.class_mean = nn.Linear(style_dim, n_classes)
         self.n_classes = n_classes
+        self.content_channels = content_channels
 
     def forward(self, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         h0 = F.leaky_relu(self.stem(y), 0.2)
@@ -76,5 +85,5 @@ class StyleGenerator(nn.Module):
         h = self.up1(torch.cat([h, h1], 1), y, w)
         h = F.interpolate(h, scale_factor=2, mode="bilinear", align_corners=False)
         h = self.up0(torch.cat([h, h0], 1), y, w)
-        base = (y * self.class_mean(w)[:, :, None, None]).sum(1, keepdim=True)
+        base = (y[:, :self.n_classes] * self.class_mean(w)[:, :, None, None]).sum(1, keepdim=True)
         return base + self.to_img(F.leaky_relu(h, 0.2))

@@ -55,11 +55,16 @@ class SegDiscriminator(nn.Module):
         self.divisor = 2 ** (len(channels) - 1)
         self.feature_dim = 2 * (channels[-1] + channels[-2])
 
-    def forward(self, x: torch.Tensor, heads: str = "infer", detach_conf: bool = True) -> SegOutput:
+    def forward(self, x: torch.Tensor, heads: str = "infer", detach_conf: bool = True,
+                feature_style=None) -> SegOutput:
+        """``feature_style(h, level)`` (training only) may re-style the shallow encoder features of
+        levels 0 and 1 (see :class:`gase.training.augment.FeatureStyleMix`)."""
         skips = []
         h = x
-        for layer in self.enc:
+        for level, layer in enumerate(self.enc):
             h = layer(h)
+            if feature_style is not None and level < 2:
+                h = feature_style(h, level)
             skips.append(h)
         bottleneck = h
         feats = torch.cat([channel_stats(skips[-1]), channel_stats(skips[-2])], dim=1)

@@ -62,6 +62,13 @@ def _apply_lut(x: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
     return torch.gather(lut, 1, i0) * (1 - frac) + torch.gather(lut, 1, i0 + 1) * frac
 
 
+def global_curve(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Each image re-rendered through one random intensity curve (no label masks): a style-scrambled
+    copy that keeps every tissue's shape, used as the generator's content channel."""
+    b = x.shape[0]
+    return _apply_lut(x.reshape(b, -1), _curve_lut(gen, b, device=x.device)).reshape_as(x)
+
+
 def random_curves(x: torch.Tensor, y: torch.Tensor, n_classes: int, gen: torch.Generator,
                   per_class_prob: float = 0.8) -> torch.Tensor:
     """Re-render each image with random intensity curves, per class (prob ``per_class_prob``) or global.
@@ -111,3 +118,41 @@ def diversify_styles(w: torch.Tensor, mapped: torch.Tensor, gen: torch.Generator
     lerp = w + a * (w[perm] - w)
     pick = (torch.rand(b, 1, generator=gen) < 0.5).to(w.device)
     return torch.where(pick, lerp, mapped)
+
+
+class FeatureStyleMix:
+    """Style interpolation/extrapolation in feature space: the channel means/stds of shallow segmenter
+    features (the same statistics the style encoder reads as "style") of a random subset of the batch
+    are replaced by ``lerp(own, other's, a)`` with ``a`` in ``extrapolation``, plus a Gaussian jitter
+    of their spread across the batch (DSU-like uncertainty). Anatomy (the normalised feature map) is
+    kept, so the labels stay exact. One instance per forward pass: the same partner and ``a`` per sample
+    at every level. A ``prob`` of 0 leaves the features untouched.
+    """
+
+    def __init__(self, batch: int, gen: torch.Generator, prob: float, extrapolation: tuple[float, float],
+                 device, keep_first: int = 0):
+        self.prob = prob
+        apply = torch.rand(batch, generator=gen) < prob
+        apply[:keep_first] = False  # e.g. the real, un-augmented view keeps its own statistics
+        self.apply = apply.to(device)[:, None, None, None]
+        self.perm = torch.randperm(batch, generator=gen).to(device)
+        self.a = _rand(gen, batch, 1, 1, 1, lo=extrapolation[0], hi=extrapolation[1], device=device)
+        self._noise: dict[tuple[int, int], torch.Tensor] = {}
+        self.gen = gen
+
+    def __call__(self, h: torch.Tensor, level: int) -> torch.Tensor:
+        if self.prob <= 0 or not bool(self.apply.any()):
+            return h
+        mu = h.mean(dim=(2, 3), keepdim=True)
+        sig = (h.var(dim=(2, 3), keepdim=True) + 1e-5).sqrt()
+        normed = (h - mu) / sig
+        mu_t, sig_t = mu.detach(), sig.detach()
+        mu_new = mu_t + self.a * (mu_t[self.perm] - mu_t)
+        sig_new = (sig_t + self.a * (sig_t[self.perm] - sig_t)).clamp_min(1e-3)
+        key = (level, h.shape[1])
+        if key not in self._noise:
+            self._noise[key] = torch.randn((2, *mu.shape), generator=self.gen).to(h.device, h.dtype)
+        eps = self._noise[key]
+        mu_new = mu_new + eps[0] * mu_t.std(dim=0, keepdim=True)
+        sig_new = (sig_new + eps[1] * sig_t.std(dim=0, keepdim=True)).clamp_min(1e-3)
+        return torch.where(self.apply, normed * sig_new + mu_new, h)

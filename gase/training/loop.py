@@ -36,12 +36,13 @@ from ..preprocess import Normalization, pad_to_multiple
 from ..predictor import Predictor, resolve_device
 from ..validity import StyleManifold, calibrate_threshold
 from ..volume import Volume
-from .augment import diversify_styles, gaussian_cutout, random_curves, standard_augment
+from .augment import (FeatureStyleMix, diversify_styles, gaussian_cutout, global_curve, random_curves,
+                      standard_augment)
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from . import distributed  # [ddp]
 from .data import MIN_TRAIN_VOLUMES, SliceSet
-from .losses import confidence_loss, d_hinge, diversity_loss, g_hinge, make_seg_loss
+from .losses import confidence_loss, d_hinge, diversity_loss, g_hinge, make_seg_loss, view_consistency
 
 EventFn = Callable[[dict], None]
 
@@ -72,7 +73,7 @@ class Trainer:
         self.gen = seed_everything(cfg.seed)
         self.seg = SegDiscriminator(n_classes, tuple(cfg.segmenter_channels)).to(self.device)
         self.enc = StyleEncoder(cfg.style_dim).to(self.device)
-        self.G = StyleGenerator(n_classes, cfg.style_dim).to(self.device)
+        self.G = StyleGenerator(n_classes, cfg.style_dim, content_channels=int(cfg.gen_content)).to(self.device)
         self.M = MappingNetwork(cfg.z_dim, cfg.style_dim).to(self.device)
         self.opt_d = torch.optim.AdamW(self.seg.parameters(), lr=cfg.lr, weight_decay=1e-4)
         self.opt_g = torch.optim.Adam(list(self.G.parameters()) + list(self.M.parameters()) + list(self.enc.parameters()),
@@ -85,6 +86,13 @@ class Trainer:
     # -- one iteration -------------------------------------------------------------------------
     def _onehot(self, y: torch.Tensor) -> torch.Tensor:
         return F.one_hot(y, self.n_classes).permute(0, 3, 1, 2).float()
+
+    def _layout(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """G's layout input: the one-hot labels, plus (``gen_content``) a freshly style-scrambled copy of x."""
+        yoh = self._onehot(y)
+        if not self.cfg.gen_content:
+            return yoh
+        return torch.cat([yoh, global_curve(x.clamp(0, 1), self.gen)], 1)
 
     def _lr_factor(self) -> float:
         """Cosine decay to 5% over the iteration budget."""
@@ -109,7 +117,7 @@ class Trainer:
             # blobs; they cost compute and teach D nothing); G itself trains from the first iteration.
             use_syn = cfg.method == "gase" and self.state.iteration >= cfg.gen_warmup * cfg.iterations
             if use_syn:
-                yoh = self._onehot(y)
+                yoh = self._layout(y, x)
                 with torch.no_grad():
                     w = self.enc(x)
                     w_div = diversify_styles(w, self.M(torch.randn(b, cfg.z_dim, generator=g).to(self.device)), g,
@@ -125,11 +133,20 @@ class Trainer:
             xin = torch.cat(inputs)
             yin = torch.cat(targets)
             xin = gaussian_cutout(xin, g, cfg.cutout_prob)
-            out = self.seg(xin, heads="train" if use_syn else "infer")
+            fstyle = None
+            if cfg.method == "gase" and cfg.feature_style_prob > 0:
+                # the real view (first b) keeps its statistics: real/fake and source accuracy stay anchored
+                fstyle = FeatureStyleMix(xin.shape[0], g, cfg.feature_style_prob, cfg.extrapolation_feature,
+                                         self.device, keep_first=b)
+            out = self.seg(xin, heads="train" if use_syn else "infer", feature_style=fstyle)
             l_seg = self.seg_loss(out.logits.float(), yin[:, None])
             l_conf = confidence_loss(out.conf_logit.float(), out.logits.float(), yin)
             loss_d = l_seg + cfg.w_conf * l_conf
             losses.update(seg=float(l_seg.detach()), conf=float(l_conf.detach()))
+            if cfg.method == "gase" and cfg.w_consistency > 0 and len(inputs) > 1:
+                l_cons = view_consistency(out.logits.float(), len(inputs))
+                loss_d = loss_d + cfg.w_consistency * l_cons
+                losses["cons"] = float(l_cons.detach())
             if use_syn:
                 fake_out = self.seg(x_syn, heads="train")
                 real_img, real_pix = out.fake_image[:b], out.fake_pixel[:b]
@@ -140,7 +157,7 @@ class Trainer:
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.dist.average_gradients(self.seg)  # [ddp]
-        torch.nn.utils.clip_grad_norm_(self.seg.parameters(), 5.0)
+        torch.nn.utils.clip_grad_norm_(self.seg.parameters(), cfg.grad_clip)
         self.opt_d.step()
 
         if cfg.method == "gase" and self.state.iteration % cfg.gen_every == 0:
@@ -150,7 +167,7 @@ class Trainer:
 
     def _generator_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         cfg, g, b = self.cfg, self.gen, x.shape[0]
-        yoh = self._onehot(y)
+        yoh = self._layout(y, x)
         for p in self.seg.parameters():
             p.requires_grad_(False)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
@@ -403,6 +420,7 @@ def _export(trainer: Trainer, train_set: SliceSet, val_set: SliceSet | None, val
         labels=tuple(table),
         architecture={"segmenter_channels": list(cfg.segmenter_channels), "style_dim": cfg.style_dim,
                       "encoder_channels": [16, 32, 64, 96], "z_dim": cfg.z_dim, "generator_channels": [16, 32, 64],
+                      "generator_content_channels": int(cfg.gen_content),
                       "method": cfg.method},
         normalization=norm.to_json(),
         validity={"threshold": round(threshold, 4), "score": "median over slices of (Mahalanobis in PCA subspace "

@@ -35,3 +35,13 @@ def diversity_loss(img_a: torch.Tensor, img_b: torch.Tensor, w_a: torch.Tensor, 
     num = (img_a - img_b).abs().mean(dim=(1, 2, 3))
     den = (w_a - w_b).abs().mean(dim=1) + 1e-5
     return -(num / den).clamp(max=1.0).mean()
+
+
+def view_consistency(logits: torch.Tensor, n_views: int) -> torch.Tensor:
+    """Jensen-Shannon divergence between the predictions on ``n_views`` style views of the same crops.
+
+    ``logits`` (n_views * B, K, H, W), view-major (the order the views were concatenated in). Different
+    styles of one anatomy must get one segmentation (AugMix-style consistency)."""
+    p = torch.softmax(logits, 1).reshape(n_views, -1, *logits.shape[1:])
+    m = p.mean(0, keepdim=True).clamp_min(1e-7)
+    return (p * (p.clamp_min(1e-7).log() - m.log())).sum(2).mean()

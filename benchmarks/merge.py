@@ -1,0 +1,79 @@
+"""Merge benchmark runs of different anatomies (run side by side, e.g. one process per CPU core) into one
+results folder, then write RESULTS.md, the plots and optionally the README section from it.
+
+    python -m benchmarks.merge OUT RUN_A RUN_B [--update-readme]
+
+Each RUN holds a finished run's ``results.json`` (and ``panel.npz``). The runs must share the protocol
+(iterations, batch, crop, phantom scale, subjects per style); an anatomy may appear in one run only.
+The merged ``meta`` keeps the first run's fields, sums the training records, takes the longest run's
+wall time as the total (the runs ran at the same time) and lists every run's command under ``parts``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+PROTOCOL = ("mode", "iterations", "batch_size", "crop", "scale", "test_subjects", "ood_subjects", "seed")
+
+
+def merge(runs: list[dict]) -> dict:
+    """Merged results dict of several runs' results (see the module docstring). Raises ValueError."""
+    if not runs:
+        raise ValueError("nothing to merge")
+    first = runs[0]["meta"]
+    out = {"anatomies": {}, "meta": {k: v for k, v in first.items() if k not in ("wall_s", "training", "command")}}
+    training, wall, parts = {}, {}, []
+    for r in runs:
+        meta = r["meta"]
+        diff = [k for k in PROTOCOL if meta.get(k) != first.get(k)]
+        if diff:
+            raise ValueError(f"runs differ in {', '.join(diff)}: only runs of the same protocol can be merged")
+        for name, a in r["anatomies"].items():
+            if name in out["anatomies"]:
+                raise ValueError(f"anatomy {name} is in more than one run")
+            out["anatomies"][name] = a
+        training.update(meta.get("training", {}))
+        for k, v in meta.get("wall_s", {}).items():
+            if k != "total":
+                wall[k] = round(wall.get(k, 0.0) + v, 2)
+        parts.append({"command": meta.get("command"), "machine": meta.get("machine"),
+                      "wall_total_s": meta.get("wall_s", {}).get("total"), "anatomies": list(r["anatomies"])})
+    wall["total"] = max((p["wall_total_s"] or 0.0) for p in parts)
+    out["meta"].update(training=training, wall_s=wall, parts=parts,
+                       command=" & ".join(p["command"] or "?" for p in parts))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .plots import make_all
+    from .report import write_reports
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("out", type=Path, help="folder for the merged results")
+    ap.add_argument("runs", type=Path, nargs="+", help="finished run folders (each with results.json)")
+    ap.add_argument("--update-readme", nargs="?", const=Path(__file__).resolve().parents[1] / "README.md",
+                    type=Path, default=None, metavar="README")
+    args = ap.parse_args(argv)
+    missing = [str(r) for r in args.runs if not (r / "results.json").exists()]
+    if missing:
+        ap.error(f"no results.json in {', '.join(missing)} (is the run finished?)")
+    res = merge([json.loads((r / "results.json").read_text()) for r in args.runs])
+    panel: dict[str, np.ndarray] = {}
+    for r in args.runs:
+        if (r / "panel.npz").exists():
+            panel.update(dict(np.load(r / "panel.npz")))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(res, indent=1))
+    np.savez_compressed(args.out / "panel.npz", **panel)
+    for p in make_all(res, panel, args.out):
+        print(f"wrote {p}")
+    for m in write_reports(res, args.out, args.update_readme):
+        print(m)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The full domain-generalisation benchmark on a 2-core CPU: knee and pelvis train side by side, one
+# process and one torch thread each (two cores busy, no thread contention), then the two runs are merged
+# into one results folder (RESULTS.md, plots) and, with UPDATE_README=1, the README's Results section.
+#
+#   ITERATIONS=1000 bash benchmarks/run_cpu.sh [OUT_DIR]
+#
+# OUT_DIR (default benchmarks/results/cpu) receives knee/, pelvis/ (each a complete run with its
+# run.log and models/) and the merged results at its top. Same protocol as run_full.sh (6 test subjects
+# per style, 3 per OOD kind, batch 8, crop 128), at a fixed iteration budget instead of a timing probe.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT_DIR=${1:-benchmarks/results/cpu}
+ITERATIONS=${ITERATIONS:-1000}
+PY=${PYTHON:-}
+if [ -z "$PY" ]; then if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi; fi
+mkdir -p "$OUT_DIR"
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
+pids=()
+for anatomy in knee pelvis; do
+  mkdir -p "$OUT_DIR/$anatomy"
+  "$PY" -m benchmarks.dg_benchmark --out "$OUT_DIR/$anatomy" --anatomy "$anatomy" \
+    --methods erm randcurve gase --device cpu --iterations "$ITERATIONS" --threads 1 --workers 0 \
+    --test-subjects 6 --ood-subjects 3 --overwrite > "$OUT_DIR/$anatomy/run.log" 2>&1 &
+  pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+if [ "$status" -ne 0 ]; then
+  echo "a benchmark process failed; see $OUT_DIR/knee/run.log and $OUT_DIR/pelvis/run.log" >&2
+  exit 1
+fi
+args=()
+if [ "${UPDATE_README:-0}" = 1 ]; then args+=(--update-readme); fi
+"$PY" -m benchmarks.merge "$OUT_DIR" "$OUT_DIR/knee" "$OUT_DIR/pelvis" "${args[@]}"
