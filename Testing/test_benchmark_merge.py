@@ -1,4 +1,4 @@
-"""Merging per-anatomy benchmark runs (run side by side) into one results folder."""
+"""Merging per-anatomy benchmark runs (run side by side) into one results folder; the small dg_probe check."""
 from __future__ import annotations
 
 import pytest
@@ -29,3 +29,18 @@ def test_merge_refuses_different_protocols_and_duplicate_anatomies():
         merge([_run("knee", 1.0), _run("pelvis", 1.0, iterations=500)])
     with pytest.raises(ValueError, match="knee"):
         merge([_run("knee", 1.0), _run("knee", 1.0)])
+
+
+def test_dg_probe_reports_dice_per_style_and_the_unseen_mean():
+    import numpy as np
+    import torch
+
+    from benchmarks.data import DEFAULT_UNSEEN
+    from benchmarks.dg_probe import probe
+
+    torch.set_num_threads(1)
+    res = probe("erm", 2, {"batch_size": 2, "crop": 64}, test_subjects=1)
+    assert set(res["dice"]) == {"pd_fse", *DEFAULT_UNSEEN["knee"]}
+    assert all(0.0 <= v <= 1.0 for d in res["dice"].values() for v in d.values())
+    assert res["unseen_mean"] == round(float(np.mean([res["dice"][s]["mean"] for s in DEFAULT_UNSEEN["knee"]])), 3)
+    assert res["settings"] == {"batch_size": 2, "crop": 64}

@@ -76,7 +76,8 @@ def machine_name(device: str) -> str:
 
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads)"
+    n = torch.get_num_threads()
+    return f"CPU ({platform.processor() or platform.machine()}, {n} torch thread{'s' if n != 1 else ''})"
 
 
 def probe_seconds_per_iteration(pairs, table, plane: str, train_cfg, steps: int = 16, warmup: int = 6) -> float:

@@ -103,6 +103,7 @@ def segment_cases(args: argparse.Namespace, default=str) -> int:
         try:
             volume = read_volume(path)
             result = _predict_case(predictor, volume, path, case, n, len(inputs), emit, tqdm)
+            volume = None  # the input's voxels are not needed to write the outputs: free them first
         except GaseError as exc:
             if len(inputs) == 1:
                 raise

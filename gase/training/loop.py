@@ -11,7 +11,14 @@ Per iteration (``method="gase"``), on a batch of real labelled crops (x, y):
    label consistency (D must segment G(y, w) as y), diversity.
 
 ``erm`` trains only D's segmentation (+confidence) on standard augmentation; ``randcurve`` adds the
-random curves to real images. Same backbone, crops, batch and iterations for all three.
+random curves to real images. Same backbone, crops, batch, learning rate and iterations for all three.
+
+Options of the GASE method, off by default: ``gen_content`` (G also sees a style-scrambled copy of the
+image, so unlabelled anatomy keeps its shape), ``feature_style_prob`` (style interpolation/extrapolation
+of shallow feature statistics in D) and ``w_consistency`` (agreement across style views). One seed each,
+knee, 300 iterations on one CPU thread, mean unseen-style Dice: none 0.46; gen_content 0.34; gen_content
++ w_consistency 0.5: 0.35; all three (0.5, 1.0): 0.36. The feature mixing and the consistency were not
+measured without gen_content.
 """
 from __future__ import annotations
 

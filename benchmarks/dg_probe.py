@@ -1,0 +1,96 @@
+"""A small, fast check of one training setting (minutes on one CPU thread), for choosing what the full
+benchmark should run: train 4 source-style phantoms for a few hundred iterations with the Trainer
+directly (no export, no calibration), then Dice per style on 2 test subjects of the source style and
+of the five default unseen styles, computed on canonical slices. Not the benchmark's protocol (6
+subjects, the predictor, HD95, confidence, validity): use ``benchmarks/dg_benchmark.py`` for claims.
+
+    python -m benchmarks.dg_probe --method randcurve --iterations 300 --set lr=0.006
+    python -m benchmarks.dg_probe --method gase --iterations 300 --set gen_content=true --json out.json
+
+Prints one JSON line: the settings, seconds of training, Dice per class and style, the unseen mean.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def probe(method: str, iterations: int, overrides: dict, anatomy: str = "knee", test_subjects: int = 2) -> dict:
+    from gase.labels import ANATOMY_LABELS
+    from gase.orientation import reorientation_for
+    from gase.phantoms import SOURCE_STYLE, make_case, subject_seed
+    from gase.preprocess import Normalization
+    from gase.training.config import TrainConfig
+    from gase.training.data import SliceSet
+    from gase.training.loop import Trainer
+    from gase.training.run import DEFAULT_PLANE
+
+    from .data import DEFAULT_UNSEEN
+
+    plane, source, unseen = DEFAULT_PLANE[anatomy], SOURCE_STYLE[anatomy], list(DEFAULT_UNSEEN[anatomy])
+    norm = Normalization()
+    pairs = []
+    for i in range(4):
+        image, labels = make_case(anatomy, source, subject_seed(1, i))
+        pairs.append((image, labels.array.astype(np.uint8), f"train{i}"))
+    spacing = float(np.median([s for im, _, _ in pairs for s in reorientation_for(im, plane).spacing[1:]]))
+    train_set = SliceSet.build(pairs, plane, spacing, norm)
+    cfg = TrainConfig.from_json({"method": method, "iterations": iterations, "device": "cpu", **overrides})
+    table = ANATOMY_LABELS[anatomy]
+    trainer = Trainer(cfg, table, max(t.value for t in table) + 1)
+    t0 = time.perf_counter()
+    for _ in range(iterations):
+        trainer.step(*train_set.sample(trainer.gen, cfg.batch_size, cfg.crop))
+    seconds = time.perf_counter() - t0
+    out = {"anatomy": anatomy, "method": method, "iterations": iterations, "settings": overrides,
+           "threads": torch.get_num_threads(), "train_seconds": round(seconds, 1), "dice": {}}
+    for style in [source, *unseen]:
+        cases = []
+        for i in range(test_subjects):
+            image, labels = make_case(anatomy, style, subject_seed(2, i))
+            cases.append((image, labels.array.astype(np.uint8), f"{style}{i}"))
+        out["dice"][style] = {k: round(v, 3) for k, v in trainer.dice_on(SliceSet.build(cases, plane, spacing,
+                                                                                        norm)).items()}
+    out["source_mean"] = out["dice"][source]["mean"]
+    out["unseen_mean"] = round(float(np.mean([out["dice"][s]["mean"] for s in unseen])), 3)
+    return out
+
+
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.dg_probe", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--method", default="gase", choices=["erm", "randcurve", "gase"])
+    ap.add_argument("--iterations", type=int, default=300)
+    ap.add_argument("--anatomy", default="knee", choices=["knee", "pelvis"])
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a TrainConfig setting (JSON value), e.g. lr=0.006 or gen_content=true; repeatable")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", type=Path, help="also write the result here")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    overrides = {}
+    for item in a.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--set {item!r}: expected KEY=VALUE")
+        overrides[key] = _value(value)
+    res = probe(a.method, a.iterations, overrides, a.anatomy)
+    print(json.dumps(res))
+    if a.json:
+        a.json.write_text(json.dumps(res, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
