@@ -59,3 +59,23 @@ def test_view_consistency_is_zero_for_equal_views_and_positive_otherwise():
     assert float(view_consistency(torch.cat([one, one]), 2)) < 1e-6
     other = torch.randn(3, 5, 8, 8, generator=g)
     assert float(view_consistency(torch.cat([one, other]), 2)) > 0.05
+
+
+def test_synthetic_view_weight_changes_only_their_share_of_the_loss(knee_cases):
+    import numpy as np
+
+    from gase.labels import KNEE_LABELS
+    from gase.preprocess import Normalization
+    from gase.training.config import TrainConfig
+    from gase.training.data import SliceSet
+    from gase.training.loop import Trainer
+
+    pairs = [(img, lab.array.astype(np.uint8), f"c{i}") for i, (img, lab) in enumerate(knee_cases[:2])]
+    sset = SliceSet.build(pairs, "sagittal", 1.2, Normalization())
+    seg = {}
+    for w in (1.0, 0.0):
+        trainer = Trainer(TrainConfig(method="gase", device="cpu", batch_size=2, crop=64, gen_warmup=0.0,
+                                      w_syn_seg=w, seed=3), KNEE_LABELS, 5)
+        seg[w] = trainer.step(*sset.sample(torch.Generator().manual_seed(0), 2, 64))["seg"]
+    assert np.isfinite(seg[0.0]) and np.isfinite(seg[1.0])
+    assert seg[0.0] != seg[1.0]  # with weight 0 only the real and curve views count

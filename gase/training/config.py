@@ -46,6 +46,7 @@ class TrainConfig:
     extrapolation: tuple[float, float] = (-1.0, 2.0)
     curve_prob: float = 0.7
     cutout_prob: float = 0.3
+    w_syn_seg: float = 1.0                  # weight of the synthetic + mixed views in D's segmentation loss
     gen_content: bool = False               # G also sees a style-scrambled copy of the image (unlabelled anatomy)
     feature_style_prob: float = 0.0         # feature-space style mixing of the augmented views (GASE)
     w_consistency: float = 0.0              # agreement of predictions across style views of one crop
