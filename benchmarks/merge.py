@@ -48,8 +48,7 @@ def merge(runs: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .plots import make_all
-    from .report import write_reports
+    from .report import main as report_main
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", type=Path, help="folder for the merged results")
@@ -68,11 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(res, indent=1))
     np.savez_compressed(args.out / "panel.npz", **panel)
-    for p in make_all(res, panel, args.out):
-        print(f"wrote {p}")
-    for m in write_reports(res, args.out, args.update_readme):
-        print(m)
-    return 0
+    # the merged folder is an ordinary results folder: the report writes its plots, RESULTS.md and README
+    readme = ["--update-readme", str(args.update_readme)] if args.update_readme else []
+    return report_main([str(args.out), "--plots", *readme])
 
 
 if __name__ == "__main__":
