@@ -78,3 +78,22 @@ def test_cancel_stops_without_output(predictor, knee_cases):
 def test_bad_voxels_get_clear_errors(predictor, array, message):
     with pytest.raises(InputError, match=message):
         predictor.predict(Volume(array, np.eye(4)))
+
+
+def test_label_counts_are_exact_and_bounded_in_memory():
+    """The report's structure volumes are counted slab by slab: no int64 copy of the whole label map."""
+    import tracemalloc
+
+    from gase.result import label_voxel_counts
+
+    labels = np.random.default_rng(0).integers(0, 5, size=(64, 256, 256), dtype=np.uint8)
+    tracemalloc.start()
+    try:
+        counts = label_voxel_counts(labels, slab_voxels=1 << 16)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(counts[:5], np.bincount(labels.ravel(), minlength=5))
+    assert counts[5:].sum() == 0 and counts.sum() == labels.size
+    assert peak < labels.nbytes // 4, f"{peak / 2**20:.1f} MiB for a {labels.nbytes / 2**20:.0f} MiB label map"
+    assert label_voxel_counts(labels[:0]).sum() == 0

@@ -1,6 +1,7 @@
 """Feature-space style mixing and cross-view consistency (GASE's D training)."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from gase.nets import SegDiscriminator
@@ -79,3 +80,45 @@ def test_synthetic_view_weight_changes_only_their_share_of_the_loss(knee_cases):
         seg[w] = trainer.step(*sset.sample(torch.Generator().manual_seed(0), 2, 64))["seg"]
     assert np.isfinite(seg[0.0]) and np.isfinite(seg[1.0])
     assert seg[0.0] != seg[1.0]  # with weight 0 only the real and curve views count
+
+
+def test_detached_adversarial_heads_leave_the_segmentation_features_alone():
+    seg = SegDiscriminator(5)
+    x = torch.rand(2, 1, 64, 64, requires_grad=True)
+    out = seg(x, heads="train", detach_adv=True)
+    (out.fake_pixel.mean() + out.fake_image.mean()).backward()
+    assert seg.fake_pixel_head.weight.grad is not None and seg.fake_image_head.weight.grad is not None
+    assert all(p.grad is None for name, p in seg.named_parameters() if not name.startswith("fake_"))
+    assert x.grad is None  # detached: no gradient reaches the input either
+    seg.zero_grad(set_to_none=True)
+    out = seg(x, heads="train")  # attached (forward's default; the generator step uses it): gradients reach the trunk
+    out.fake_pixel.mean().backward()
+    assert seg.seg_head.weight.grad is None and seg.enc[0][0].weight.grad is not None
+
+
+def test_fewer_synthetic_views_per_batch(knee_cases):
+    import numpy as np
+
+    from gase.errors import InputError
+    from gase.labels import KNEE_LABELS
+    from gase.preprocess import Normalization
+    from gase.training.config import TrainConfig
+    from gase.training.data import SliceSet
+    from gase.training.loop import Trainer
+
+    pairs = [(img, lab.array.astype(np.uint8), f"c{i}") for i, (img, lab) in enumerate(knee_cases[:2])]
+    sset = SliceSet.build(pairs, "sagittal", 1.2, Normalization())
+    cfg = TrainConfig(method="gase", device="cpu", batch_size=4, crop=64, gen_every=1, gen_warmup=0.0,
+                      syn_fraction=0.5, adv_detach=True)
+    trainer = Trainer(cfg, KNEE_LABELS, 5)
+    seen = []
+    forward = trainer.seg.forward
+    trainer.seg.forward = lambda x, **kw: (seen.append(x.shape[0]), forward(x, **kw))[1]
+    losses = trainer.step(*sset.sample(trainer.gen, 4, 64))
+    assert seen[0] == 4 + 4 + 2 + 2  # real, curves, 2 synthetic, 2 mixed
+    assert seen[1] == 2  # the real/fake pass on the synthetic crops
+    assert all(np.isfinite(v) for v in losses.values()) and {"adv_d", "rec"} <= set(losses)
+    with pytest.raises(InputError, match="syn_fraction"):
+        TrainConfig(syn_fraction=0.0).validate()
+    with pytest.raises(InputError, match="w_consistency"):
+        TrainConfig(syn_fraction=0.5, w_consistency=0.5).validate()

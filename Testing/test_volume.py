@@ -85,3 +85,45 @@ def test_case_name():
     assert case_name("x/knee_01.nii.gz") == "knee_01"
     assert case_name("a.seg.nrrd") == "a"
     assert case_name("b.nrrd") == "b"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint8, np.int16, np.uint16, np.int32, ">i2", bool])
+@pytest.mark.parametrize("compress", [True, False])
+def test_streamed_nrrd_reads_back_in_simpleitk_and_pynrrd(tmp_path, dtype, compress):
+    import nrrd
+
+    rng = np.random.default_rng(3)
+    array = (rng.normal(size=(9, 6, 7)) * 50).astype(dtype)
+    v = Volume(array, make_oblique_ijk_to_ras())
+    # slabs of one slice: the loop over slabs, not one write, is what is exercised
+    from gase.volume import atomic_write, write_nrrd_streamed
+    p = atomic_write(tmp_path / "s.nrrd", lambda t: write_nrrd_streamed(v, t, compress=compress, slab_bytes=1))
+    back = read_volume(p)  # SimpleITK
+    np.testing.assert_array_equal(back.array, array.astype(back.array.dtype))
+    np.testing.assert_allclose(back.ijk_to_ras, v.ijk_to_ras, atol=1e-9)
+    data, header = nrrd.read(str(p), index_order="C")
+    np.testing.assert_array_equal(data, array)
+    assert header["space"] == "left-posterior-superior" and header["encoding"] == ("gzip" if compress else "raw")
+
+
+def test_streamed_nrrd_does_not_copy_the_whole_array(tmp_path):
+    """A confidence map of a 1024 x 1024 x 400 scan is 1.6 GB: writing it must not double it."""
+    import tracemalloc
+
+    v = Volume(np.random.default_rng(0).random((128, 256, 256), dtype=np.float32), make_oblique_ijk_to_ras())
+    tracemalloc.start()
+    try:
+        write_volume(v, tmp_path / "conf.nrrd")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert v.array.nbytes == 32 * 2**20
+    assert peak < 0.5 * v.array.nbytes, f"peak {peak / 2**20:.1f} MiB while writing a 32 MiB array"
+    np.testing.assert_array_equal(read_volume(tmp_path / "conf.nrrd").array, v.array)
+
+
+def test_streamed_nrrd_refuses_what_it_cannot_write(tmp_path):
+    from gase.volume import write_nrrd_streamed
+
+    with pytest.raises(OutputError, match="complex"):
+        write_nrrd_streamed(Volume(np.zeros((2, 3, 4), np.complex64), make_oblique_ijk_to_ras()), tmp_path / "c.nrrd")

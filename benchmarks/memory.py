@@ -6,7 +6,11 @@
 
 ``--cli`` measures what a user runs: the volume is written to a NRRD file in a temporary folder, and
 ``gase segment`` reads it, segments it and writes its three outputs in a child process, whose peak
-RSS (``ru_maxrss`` of the children) is the number reported; nothing is extrapolated.
+RSS is the number reported; nothing is extrapolated. The command is started by a small launcher
+process, because on Linux a child's ``ru_maxrss`` begins at its parent's high-water mark (measured:
+a no-op child of a process holding 2 GiB reported 2 GiB), and this process held the whole volume.
+(The 5.96 GB measured before that change was the command's own: ``/usr/bin/time`` agreed. Its cause was
+``np.bincount`` on the whole label map in the report, fixed by counting slab by slab.)
 
 The volume (``--dtype int16``: how MR is stored; float32 doubles the input) is generated slab by slab
 straight into its array, then :meth:`Predictor.predict` runs on it. Peak RSS is the process's
@@ -166,6 +170,21 @@ def main(argv=None) -> int:
     return 0
 
 
+_LAUNCHER = """
+import json, resource, subprocess, sys
+unit = 1 if sys.platform == "darwin" else 1024
+try:  # this process's own high-water mark since its exec (ru_maxrss would include its parent's)
+    before = [int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
+except OSError:
+    before = 0
+proc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL)
+if proc.returncode:
+    sys.exit(proc.returncode)
+print(json.dumps({"child_maxrss_bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * unit,
+                  "launcher_maxrss_bytes": before}))
+"""
+
+
 def cli_run(args) -> int:
     """Peak RSS of ``gase segment`` (read the file, segment, write the outputs) in a child process."""
     import os
@@ -189,13 +208,19 @@ def cli_run(args) -> int:
         print(f"gase segment on {args.slices} x {args.size} x {args.size} {args.dtype} ({input_gb:.2f} GB), "
               f"{args.threads} threads: {' '.join(cmd)}", flush=True)
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        # A child's ru_maxrss starts at its parent's peak (fork/vfork + exec keeps the old high-water mark),
+        # and this process held the whole volume: a small launcher process runs the command instead and
+        # reports the peak of ITS child, which is then the command's own.
+        proc = subprocess.run([sys.executable, "-c", _LAUNCHER, *cmd], env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - t0
         if proc.returncode != 0:
             print(proc.stdout[-2000:], proc.stderr[-2000:], sep="\n")
             return proc.returncode
         outputs = {p.name: round(p.stat().st_size / GB, 3) for p in (Path(tmp) / "out").iterdir()}
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    launcher = json.loads(proc.stdout.strip().splitlines()[-1])
+    peak = launcher["child_maxrss_bytes"]
+    if launcher["launcher_maxrss_bytes"] >= peak:
+        print("warning: the launcher's own peak RSS is not below the command's; the number is an upper bound")
     row = {"mode": "cli", "device": args.device, "threads": args.threads, "model": str(folder),
            "volume": [args.slices, args.size, args.size], "dtype": args.dtype, "inplane_mm": spacing,
            "seconds": round(seconds, 1), "input_gb": round(input_gb, 3), "output_files_gb": outputs,

