@@ -22,6 +22,9 @@ def test_merge_joins_anatomies_and_keeps_every_command():
     assert m["meta"]["wall_s"]["data"] == 2.0
     assert [p["anatomies"] for p in m["meta"]["parts"]] == [["knee"], ["pelvis"]]
     assert "cmd knee" in m["meta"]["command"] and "cmd pelvis" in m["meta"]["command"]
+    named = merge([_run("knee", 100.0), _run("pelvis", 120.0)], machine="CPU, side by side")
+    assert named["meta"]["machine"] == "CPU, side by side"
+    assert m["meta"]["machine"] == _run("knee", 1.0)["meta"]["machine"]  # without: the first run's
 
 
 def test_merge_refuses_different_protocols_and_duplicate_anatomies():

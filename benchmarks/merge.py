@@ -19,8 +19,11 @@ import numpy as np
 PROTOCOL = ("mode", "iterations", "batch_size", "crop", "scale", "test_subjects", "ood_subjects", "seed")
 
 
-def merge(runs: list[dict]) -> dict:
-    """Merged results dict of several runs' results (see the module docstring). Raises ValueError."""
+def merge(runs: list[dict], machine: str | None = None) -> dict:
+    """Merged results dict of several runs' results (see the module docstring). Raises ValueError.
+
+    ``machine`` replaces the first run's machine description (which names one run's process only, e.g.
+    "CPU (x86_64, 1 torch thread)", where the runs shared one machine side by side)."""
     if not runs:
         raise ValueError("nothing to merge")
     first = runs[0]["meta"]
@@ -44,6 +47,8 @@ def merge(runs: list[dict]) -> dict:
     wall["total"] = max((p["wall_total_s"] or 0.0) for p in parts)
     out["meta"].update(training=training, wall_s=wall, parts=parts,
                        command=" & ".join(p["command"] or "?" for p in parts))
+    if machine:
+        out["meta"]["machine"] = machine
     return out
 
 
@@ -55,11 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("runs", type=Path, nargs="+", help="finished run folders (each with results.json)")
     ap.add_argument("--update-readme", nargs="?", const=Path(__file__).resolve().parents[1] / "README.md",
                     type=Path, default=None, metavar="README")
+    ap.add_argument("--machine", help="how the runs shared the machine, for the report header "
+                    "(e.g. 'CPU, knee and pelvis side by side, 1 thread each, 2 cores')")
     args = ap.parse_args(argv)
     missing = [str(r) for r in args.runs if not (r / "results.json").exists()]
     if missing:
         ap.error(f"no results.json in {', '.join(missing)} (is the run finished?)")
-    res = merge([json.loads((r / "results.json").read_text()) for r in args.runs])
+    res = merge([json.loads((r / "results.json").read_text()) for r in args.runs], machine=args.machine)
     panel: dict[str, np.ndarray] = {}
     for r in args.runs:
         if (r / "panel.npz").exists():

@@ -32,4 +32,5 @@ if [ "$status" -ne 0 ]; then
 fi
 args=()
 if [ "${UPDATE_README:-0}" = 1 ]; then args+=(--update-readme); fi
-"$PY" -m benchmarks.merge "$OUT_DIR" "$OUT_DIR/knee" "$OUT_DIR/pelvis" "${args[@]}"
+machine="CPU ($(uname -m), $(nproc) cores): knee and pelvis side by side, one process and 1 torch thread each"
+"$PY" -m benchmarks.merge "$OUT_DIR" "$OUT_DIR/knee" "$OUT_DIR/pelvis" --machine "$machine" "${args[@]}"
