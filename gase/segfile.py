@@ -27,7 +27,7 @@ import numpy as np
 
 from .errors import InputError, OutputError
 from .labels import ANATOMICAL_STRUCTURE, LabelInfo
-from .volume import Volume, _lps_to_ras_matrix, _ras_to_lps_matrix, atomic_write, make_ijk_to_ras
+from .volume import Volume, _lps_to_ras_matrix, atomic_write, make_ijk_to_ras, nrrd_space_directions
 
 TERMINOLOGY_TAG = "TerminologyEntry"
 BINARY_LABELMAP = "Binary labelmap"
@@ -81,14 +81,13 @@ def _checked_label_array(array: np.ndarray, label_table: Sequence[LabelInfo]) ->
 
 
 def _geometry_header(ijk_to_ras: np.ndarray) -> dict:
-    spacing, direction, origin = _ras_to_lps_matrix(ijk_to_ras)
-    columns = np.asarray(direction).reshape(3, 3) * np.asarray(spacing)[None, :]
+    rows, origin = nrrd_space_directions(ijk_to_ras)
     return {
         "type": "unsigned char",
         "dimension": 3,
         "space": "left-posterior-superior",
-        "space directions": columns.T,  # one row per voxel axis i, j, k
-        "space origin": np.asarray(origin),
+        "space directions": rows,
+        "space origin": origin,
         "kinds": ["domain", "domain", "domain"],
         "encoding": "gzip",
     }

@@ -128,6 +128,13 @@ def _ras_to_lps_matrix(ijk_to_ras: np.ndarray) -> tuple[tuple, tuple, tuple]:
         tuple(float(x) for x in ijk_to_lps[:3, 3])
 
 
+def nrrd_space_directions(ijk_to_ras: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """NRRD's ``space directions`` (3, 3), one row per voxel axis i, j, k, and ``space origin`` (3,), in LPS."""
+    spacing, direction, origin = _ras_to_lps_matrix(ijk_to_ras)
+    columns = np.asarray(direction).reshape(3, 3) * np.asarray(spacing)[None, :]
+    return columns.T, np.asarray(origin)
+
+
 def volume_from_sitk(image) -> Volume:
     """SimpleITK image (3D, scalar) to :class:`Volume`."""
     import SimpleITK as sitk
@@ -413,8 +420,7 @@ def write_nrrd_streamed(volume: Volume, path: str | os.PathLike, *, compress: bo
     key = None if dt is None else f"{dt.kind}{dt.itemsize}"
     if key not in _NRRD_TYPES:
         raise OutputError(f"{path}: voxel type {array.dtype} cannot be written as NRRD.")
-    spacing, direction, origin = _ras_to_lps_matrix(volume.ijk_to_ras)
-    rows = (np.asarray(direction).reshape(3, 3) * np.asarray(spacing)[None, :]).T  # one row per axis i, j, k
+    rows, origin = nrrd_space_directions(volume.ijk_to_ras)
 
     def vec(v) -> str:
         return "(" + ",".join(format(float(x), ".17g") for x in v) + ")"
