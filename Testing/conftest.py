@@ -10,6 +10,7 @@ module libraries must not need them.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -75,6 +76,7 @@ def slicer_app_logic(monkeypatch):
     app._gase_keep_alive = logics  # the Python wrappers must outlive the test
     yield app
     scene.Clear(True)
+    shutil.rmtree(home, ignore_errors=True)  # ~800 of these piled up in /tmp before
 
 
 @pytest.fixture
@@ -205,9 +207,11 @@ def make_knee_result(ijk_to_ras=None, shape=(40, 72, 72), *, valid: bool = True,
     counts = np.bincount(labels.ravel(), minlength=5)
     sums = np.bincount(labels.ravel(), weights=confidence.ravel(), minlength=5)
     per_label = {lab.name: float(sums[lab.value] / counts[lab.value]) for lab in KNEE_LABELS}
+    dice = dict(zip([lab.name for lab in KNEE_LABELS], (0.93, 0.71, 0.9, 0.64)))  # a model's own estimates
     result = SegmentationResult(Volume(labels, m.copy()), Volume(confidence, m.copy()), KNEE_LABELS,
                                 float(sums[1:].sum() / counts[1:].sum()), per_label, validity,
-                                model_name="synthetic 0")
+                                model_name="synthetic 0", expected_dice_overall=float(np.mean(list(dice.values()))),
+                                expected_dice_per_label=dice)
     return KneeCase(Volume(image.astype(np.float32), m.copy()), result, blob_ras)
 
 

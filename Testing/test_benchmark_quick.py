@@ -67,6 +67,8 @@ def test_quick_run_metrics_are_in_range(quick_run):
             s = d["summary"]
             seg = s["segmentation"]
             assert _in(seg["source"]["dice"], 0, 1) and _in(seg["unseen"]["dice"], 0, 1)
+            assert all(_in(r["reliability"]["expected_dice"], 0, 1) for r in test)
+            assert _in(s["confidence"]["volume"]["expected_dice"]["spearman"], -1, 1)
             for sc in ("confidence", "msp", "entropy"):
                 v = s["confidence"]["voxel"][sc]
                 assert _in(v["auroc_all"], 0, 1) and _in(v["auroc_near"], 0, 1)
@@ -93,3 +95,29 @@ def test_readme_results_section_is_rewritten_only_between_markers(quick_run, tmp
     plain.write_text("# No markers\n")
     report.main([str(out), "--update-readme", str(plain)])
     assert plain.read_text() == "# No markers\n"
+
+
+@pytest.mark.slow
+def test_reuse_models_reevaluates_without_training(quick_run, tmp_path):
+    """``--reuse-models`` evaluates the quick run's models again (same numbers: nothing is random in the
+    evaluation) and refuses models trained with other settings before rendering anything."""
+    from gase.errors import InputError
+
+    out, res = quick_run
+    again = tmp_path / "again"
+    args = ["--quick", "--anatomy", "knee", "--out", str(again), "--device", "cpu", "--threads", "1",
+            "--models-dir", str(out / "models"), "--reuse-models"]
+    main(args)
+    res2 = json.loads((again / "results.json").read_text())
+    assert not any(k.startswith("train ") for k in res2["meta"]["wall_s"])
+    assert res2["meta"]["training"]["knee/gase"]["seconds"] == res["meta"]["training"]["knee/gase"]["seconds"]
+    for m in ("erm", "randcurve", "gase"):
+        a = [r["dice_mean"] for r in res["anatomies"]["knee"]["methods"][m]["records"] if "dice_mean" in r]
+        b = [r["dice_mean"] for r in res2["anatomies"]["knee"]["methods"][m]["records"] if "dice_mean" in r]
+        assert a == pytest.approx(b, abs=1e-6)
+    assert "--reuse-models" in (again / "RESULTS.md").read_text()
+    with pytest.raises(InputError, match="iterations 10 instead of 20"):
+        main([*args[:-1], "--overwrite", "--reuse-models", "--iterations", "20"])
+    with pytest.raises(InputError, match="no trained model"):
+        main(["--quick", "--anatomy", "knee", "--out", str(tmp_path / "none"), "--device", "cpu",
+              "--models-dir", str(tmp_path / "empty"), "--reuse-models"])

@@ -147,21 +147,28 @@ def test_reliability_table_and_threshold_changes(shown):
     table = outputs.reliability_table.GetTable()
     assert [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())] == list(RELIABILITY_COLUMNS)
     assert table.GetNumberOfRows() == len(KNEE_LABELS) + 1
-    rows = {table.GetValue(r, 0).ToString(): [table.GetValue(r, c).ToDouble() for c in (1, 2, 3)]
+    rows = {table.GetValue(r, 0).ToString(): [table.GetValue(r, c).ToDouble() for c in (1, 2, 3, 4)]
             for r in range(table.GetNumberOfRows())}
     femur = rows["femur"]
-    assert femur[0] == pytest.approx(case.result.reliability_per_label["femur"], abs=1e-3)
+    assert femur[0] == pytest.approx(case.result.expected_dice_per_label["femur"], abs=1e-3)
+    assert 0.0 < femur[0] <= 1.0
+    assert rows["All structures"][0] == pytest.approx(case.result.expected_dice_overall, abs=1e-3)
+    assert femur[1] == pytest.approx(case.result.reliability_per_label["femur"], abs=1e-3)
     counts = np.bincount(case.result.labels.array.ravel(), minlength=5)
     voxel_ml = np.prod(case.result.labels.spacing) / 1000
-    assert femur[1] == pytest.approx(counts[1] * voxel_ml, abs=1e-3)
-    assert rows["All structures"][1] == pytest.approx(counts[1:].sum() * voxel_ml, abs=1e-3)
-    low = rows["femoral cartilage"][2]
+    assert femur[2] == pytest.approx(counts[1] * voxel_ml, abs=1e-3)
+    assert rows["All structures"][2] == pytest.approx(counts[1:].sum() * voxel_ml, abs=1e-3)
+    low = rows["femoral cartilage"][3]
     logic.set_threshold(outputs, 0.6)  # boundaries (0.55) now count as low
     table = outputs.reliability_table.GetTable()
-    rows6 = {table.GetValue(r, 0).ToString(): table.GetValue(r, 3).ToDouble() for r in range(table.GetNumberOfRows())}
+    rows6 = {table.GetValue(r, 0).ToString(): table.GetValue(r, 4).ToDouble() for r in range(table.GetNumberOfRows())}
     assert rows6["femoral cartilage"] > low
     assert outputs.confidence.GetDisplayNode().GetUpperThreshold() == pytest.approx(0.6)
+    # the model's own numbers survive the rebuild
     assert outputs.reliability_table.GetTable().GetValue(0, 1).ToDouble() == pytest.approx(femur[0])
+    assert outputs.reliability_table.GetTable().GetValue(0, 2).ToDouble() == pytest.approx(femur[1])
+    assert outputs.reliability_table.GetTable().GetValue(len(KNEE_LABELS), 1).ToDouble() == pytest.approx(
+        rows["All structures"][0])
 
 
 def test_slice_plot_and_jumping_to_a_slice(shown):

@@ -12,7 +12,7 @@ def test_valid_and_invalid_texts():
 
     valid = Verdict.from_validity(Validity(True, 1.234, 2.0, np.zeros(3)), reliability=0.871)
     assert valid.headline == "Input valid"
-    assert valid.slice_view_text() == "GASE: input valid\nscore 1.23 <= threshold 2.00, reliability 0.87"
+    assert valid.slice_view_text() == "GASE: input valid\nscore 1.23 <= threshold 2.00, expected Dice 0.87"
     assert valid.hex_color == "#2e9e40"
     invalid = Verdict.from_validity(Validity(False, 3.5, 2.0, np.zeros(3)))
     assert invalid.headline == "Outside the model's competence"
@@ -21,8 +21,11 @@ def test_valid_and_invalid_texts():
     html = invalid.banner_html()
     assert "Outside the model&#x27;s competence" in html and "score 3.50 &gt; threshold 2.00" in html
     assert invalid.hex_color in html
-    report = {"validity": {"valid": False, "score": 3.5, "threshold": 2.0}, "reliability": {"overall": 0.4}}
+    report = {"validity": {"valid": False, "score": 3.5, "threshold": 2.0},
+              "reliability": {"overall": 0.9, "expected_dice": 0.4}}
     assert Verdict.from_json(report) == Verdict(False, 3.5, 2.0, 0.4)
+    report["reliability"] = {"overall": 0.9}  # a report without the expected Dice: no number, not the wrong one
+    assert Verdict.from_json(report) == Verdict(False, 3.5, 2.0, None)
 
 
 def _png(path):

@@ -57,6 +57,7 @@ class BenchConfig:
     update_readme: Path | None = None
     models_dir: Path | None = None
     overwrite: bool = False
+    reuse_models: bool = False
     wall: dict = field(default_factory=dict)
 
 
@@ -139,6 +140,11 @@ def run(cfg: BenchConfig) -> dict:
                            device=device, seed=cfg.seed, val_every=max(50, iterations // 4),
                            checkpoint_every=iterations, max_minutes=max_minutes).validate()
 
+    if cfg.reuse_models:  # fail before rendering anything
+        for a in cfg.anatomies:
+            for m in cfg.methods:
+                reused_training((cfg.models_dir or cfg.out / "models") / f"{a}-{m}",
+                                train_cfg(m, cfg.iterations or FULL_DEFAULT_ITERATIONS))
     try:
         with stage(cfg, "data"):
             data = build_all(list(specs.values()), pool)
@@ -171,12 +177,15 @@ def run(cfg: BenchConfig) -> dict:
             for m in cfg.methods:
                 cap = 2.0 * iterations * per_it[f"{a}/{m}"] / 60 + 0.5 if per_it else None  # safety cap only
                 folder = (cfg.models_dir or cfg.out / "models") / f"{a}-{m}"
-                with stage(cfg, f"train {a}/{m}"):
-                    tr = train(training_pairs(d.train), training_pairs(d.val), table, folder,
-                               train_cfg(m, iterations, cap), anatomy=a, plane=DEFAULT_PLANE[a],
-                               name=f"bench-{a}-{m}", resume=False)
-                trained[f"{a}/{m}"] = {"iterations": tr.iterations, "seconds": round(tr.seconds, 1),
-                                       "val_dice": tr.val_dice}
+                if cfg.reuse_models:
+                    trained[f"{a}/{m}"] = reused_training(folder, train_cfg(m, iterations))
+                else:
+                    with stage(cfg, f"train {a}/{m}"):
+                        tr = train(training_pairs(d.train), training_pairs(d.val), table, folder,
+                                   train_cfg(m, iterations, cap), anatomy=a, plane=DEFAULT_PLANE[a],
+                                   name=f"bench-{a}-{m}", resume=False)
+                    trained[f"{a}/{m}"] = {"iterations": tr.iterations, "seconds": round(tr.seconds, 1),
+                                           "val_dice": tr.val_dice}
                 with stage(cfg, f"evaluate {a}/{m}"):
                     ev = evaluate_model(Predictor.from_folder(folder, device=device), d, m, tuple(panel_styles), pool)
                     summary = summarize_model(ev.records, ev.voxels, entry["label_names"], d.source_style,
@@ -211,6 +220,30 @@ def run(cfg: BenchConfig) -> dict:
         print(f"[benchmark] {msg}")
     print(f"[benchmark] total wall time {time.perf_counter() - t_total:.1f} s", flush=True)
     return results
+
+
+REUSE_KEYS = ("method", "iterations", "batch_size", "crop", "seed")
+
+
+def reused_training(folder: Path, want: TrainConfig) -> dict:
+    """The training record of a model an earlier run left in ``folder`` (``--reuse-models``), after checking
+    that it was trained with the settings this run would use; raises :class:`InputError` otherwise."""
+    from gase.errors import InputError
+
+    try:
+        card = json.loads((folder / "model.json").read_text())
+        record = card["training"]
+        config = record["config"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"--reuse-models: no trained model in {folder} ({exc}); run without --reuse-models "
+                         "to train it, or point --models-dir at the earlier run's models.") from None
+    differs = {k: (config.get(k), getattr(want, k)) for k in REUSE_KEYS if config.get(k) != getattr(want, k)}
+    if differs:
+        raise InputError(f"--reuse-models: the model in {folder} was trained with other settings "
+                         f"({', '.join(f'{k} {a} instead of {b}' for k, (a, b) in differs.items())}); run without "
+                         "--reuse-models to train it again with these.")
+    return {"iterations": int(record["iterations"]), "seconds": float(record["seconds"]),
+            "val_dice": (card.get("metrics") or {}).get("validation_dice", {}), "reused_from": str(folder)}
 
 
 def _git_commit() -> str:
@@ -279,6 +312,9 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
                     metavar="README", help="rewrite the README's Results section (between its markers)")
     ap.add_argument("--models-dir", type=Path, help="where the trained model folders go (default: OUT/models)")
     ap.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    ap.add_argument("--reuse-models", action="store_true",
+                    help="evaluate the models an earlier run trained (in --models-dir, default OUT/models) instead "
+                         "of training: for changes to the evaluation only; the settings must match")
     a = ap.parse_args(argv)
     q = QUICK if a.quick else {}
     pick = lambda v, key, default: v if v is not None else q.get(key, default)  # noqa: E731
@@ -291,7 +327,9 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
                       batch_size=pick(a.batch_size, "batch_size", 8), crop=pick(a.crop, "crop", 128),
                       workers=pick(a.workers, "workers", 0 if a.quick else default_workers()), seed=a.seed,
                       threads=a.threads, update_readme=a.update_readme, models_dir=a.models_dir,
-                      overwrite=a.overwrite)
+                      overwrite=a.overwrite, reuse_models=a.reuse_models)
+    if cfg.reuse_models and cfg.train_seconds:
+        ap.error("--reuse-models evaluates models trained earlier: give their --iterations, not --train-seconds")
     if cfg.test_subjects < 2 or cfg.ood_subjects < 1:
         ap.error("--test-subjects must be >= 2 and --ood-subjects >= 1")
     return cfg

@@ -60,8 +60,9 @@ def _targets(res: dict) -> list[str]:
         ("ECE, 15 bins (all voxels / near structures)", "<= 0.05", lambda a: (
             get(a, "gase", "confidence", "voxel", "confidence", "ece_all"),
             get(a, "gase", "confidence", "voxel", "confidence", "ece_near"))),
-        ("Spearman(volume reliability, Dice)", ">= 0.8", lambda a: (
-            get(a, "gase", "confidence", "volume", "confidence", "spearman"),)),
+        ("Spearman(volume reliability, Dice): expected Dice / mean confidence", ">= 0.8", lambda a: (
+            get(a, "gase", "confidence", "volume", "expected_dice", "spearman"),
+            get(a, "gase", "confidence", "volume", "confidence", "spearman"))),
         ("validity AUROC in vs OOD / false-invalid on source", ">= 0.98 / <= 1%", lambda a: (
             get(a, "gase", "validity", "auroc"), get(a, "gase", "validity", "false_invalid_source"))),
     ]
@@ -71,7 +72,7 @@ def _targets(res: dict) -> list[str]:
         lambda v: (None if not all(map(math.isfinite, v)) else abs(v[0] - v[1]) <= 0.02, f"{_f(v[0])} vs ERM {_f(v[1])}"),
         lambda v: (None if not math.isfinite(v[0]) else v[0] >= 0.90, f"{_f(v[0])} / {_f(v[1])}"),
         lambda v: (None if not math.isfinite(v[0]) else v[0] <= 0.05, f"{_f(v[0])} / {_f(v[1])}"),
-        lambda v: (None if not math.isfinite(v[0]) else v[0] >= 0.8, _f(v[0], 2)),
+        lambda v: (None if not math.isfinite(v[0]) else v[0] >= 0.8, f"{_f(v[0], 2)} / {_f(v[1], 2)}"),
         lambda v: (None if not all(map(math.isfinite, v)) else v[0] >= 0.98 and v[1] <= 0.01,
                    f"{_f(v[0])} / {_f(v[1], pct=True)}"),
     ]
@@ -108,6 +109,10 @@ def _confidence(a: dict) -> list[str]:
     label = {"confidence": "confidence head", "msp": "max softmax prob.", "entropy": "entropy"}
     for m, d in a["methods"].items():
         c = d["summary"]["confidence"]
+        if "expected_dice" in c["volume"]:
+            vol = c["volume"]["expected_dice"]
+            rows.append([METHOD_NAMES.get(m, m), "expected Dice (volume only)", "", "", "", "",
+                         _f(vol["spearman"], 2), _f(vol["aurc"], 4)])
         for sc in ("confidence", "msp", "entropy"):
             v, vol = c["voxel"][sc], c["volume"][sc]
             rows.append([METHOD_NAMES.get(m, m), label[sc], _f(v["auroc_all"]), _f(v["auroc_near"]),
@@ -138,11 +143,15 @@ def run_line(meta: dict) -> str:
     budget = meta.get("train_seconds_budget")
     sized = f", sized by a timing probe to about {budget:.0f} s of training in all" if budget else ""
     train_s = sum(v.get("seconds", 0.0) for v in meta.get("training", {}).values())
+    reused = any("reused_from" in v for v in meta.get("training", {}).values())
+    timing = (f"wall time {wall.get('total', float('nan')):.0f} s, evaluation only: the models were trained "
+              f"({train_s:.0f} s of training) by an earlier run with the same settings and re-evaluated here "
+              "(`--reuse-models`)." if reused else
+              f"wall time {wall.get('total', float('nan')):.0f} s in all, {train_s:.0f} s of it training.")
     return (f"{meta['mode']} run of {meta['date']} on **{meta['machine']}** (torch {meta['torch']}, MONAI "
             f"{meta['monai']}): {meta['iterations']} training iterations per model (batch {meta['batch_size']}, crop "
             f"{meta['crop']}, the same for every method{sized}); phantom scale {meta['scale']}, "
-            f"{meta['test_subjects']} test subjects per style, {meta['ood_subjects']} per OOD kind; wall time "
-            f"{wall.get('total', float('nan')):.0f} s in all, {train_s:.0f} s of it training.")
+            f"{meta['test_subjects']} test subjects per style, {meta['ood_subjects']} per OOD kind; {timing}")
 
 
 def build_markdown(res: dict, image_prefix: str = "") -> str:
@@ -163,7 +172,9 @@ def build_markdown(res: dict, image_prefix: str = "") -> str:
         out += [f"## {name.capitalize()}", "", "Mean Dice per style (test volumes), HD95 medians:", "",
                 *_segmentation(a), "", "Dice per class:", "", *_per_class(a), "",
                 "Confidence (voxels of all test volumes; 'near structures' = predicted or true foreground dilated "
-                "by 2 voxels). Volume reliability = mean score over the predicted foreground:", "",
+                "by 2 voxels). Volume reliability = the model's expected Dice (mean over structures of 2T / (N + T + "
+                "FN): T the confidence summed over the N voxels predicted as the structure, FN the structure's "
+                "softmax probability on the other voxels), or the mean score over the predicted foreground:", "",
                 *_confidence(a), "",
                 "Input validity (in = source-style test volumes, OOD = the kinds below; unseen MR styles reported "
                 "apart):", "", *_validity(a), "",

@@ -12,6 +12,8 @@ import numpy as np
 from .metrics import aurc, ece, failure_auroc, reliability_bins, roc_points, spearman
 
 CONFIDENCE_SCORES = ("confidence", "msp", "entropy")   # the model's confidence head, and two baselines
+# volume reliabilities: the model's expected Dice, then the mean of each voxel score over the predicted foreground
+VOLUME_SCORES = ("expected_dice", *CONFIDENCE_SCORES)
 
 
 def _nanmean(x) -> float:
@@ -63,8 +65,11 @@ def confidence_summary(voxels: dict[str, np.ndarray], records: list[dict]) -> di
     dice = np.array([r["dice_mean"] for r in test])
     risk = 1.0 - dice
     volume = {}
-    for score in CONFIDENCE_SCORES:
-        rel = np.array([r["reliability"][score] for r in test], dtype=np.float64)
+    for score in VOLUME_SCORES:
+        if not test or any(score not in r["reliability"] for r in test):
+            continue  # results of an older run (no expected Dice)
+        rel = np.array([np.nan if r["reliability"][score] is None else r["reliability"][score] for r in test],
+                       dtype=np.float64)
         area, cov, sel = aurc(rel, risk)
         volume[score] = {"spearman": spearman(rel, dice), "aurc": area,
                          "curve": {"coverage": np.round(cov, 4).tolist(), "risk": np.round(sel, 4).tolist()}}

@@ -70,8 +70,8 @@ def render_overview(rows: list[dict], path: Path, title: str) -> Path:
         ax.imshow(img, cmap="gray")
         ax.imshow(lab, cmap=ListedColormap(cmap_lab), interpolation="nearest", vmin=0, vmax=len(cmap_lab) - 1)
         rel = row["report"]["reliability"]
-        ax.set_title("GASE mask  (reliability " + (f"{rel['overall']:.2f})" if rel["overall"] is not None else "n/a)"),
-                     fontsize=9)
+        dice = rel.get("expected_dice")
+        ax.set_title("GASE mask  (expected Dice " + (f"{dice:.2f})" if dice is not None else "n/a)"), fontsize=9)
         ax.axis("off")
         ax = fig.add_subplot(gs[r, 2])
         ax.imshow(img, cmap="gray")
@@ -128,7 +128,7 @@ def run_demo(args: argparse.Namespace) -> int:
         paths = write_outputs(result, out_dir, case, overwrite=args.overwrite)
         v = result.validity
         print(f"  {case:22s} {'VALID' if v.valid else 'NOT VALID':9s} score {v.score:7.2f} (threshold {v.threshold:.2f})"
-              f"  reliability {result.reliability_overall:.3f}  {result.seconds:.1f} s  -> {paths['segmentation'].name}")
+              f"  expected Dice {result.expected_dice_overall:.2f}  {result.seconds:.1f} s  -> {paths['segmentation'].name}")
         reo = reorientation_for(volume, card.plane)
         lab_c = reo.forward(result.labels.array)
         s = int(np.argmax((lab_c > 0).reshape(lab_c.shape[0], -1).sum(1))) if lab_c.any() else lab_c.shape[0] // 2

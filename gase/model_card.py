@@ -40,7 +40,7 @@ CARD_SCHEMA: tuple[tuple[str, type | tuple, bool], ...] = (
     ("plane", str, True), ("input_spacing_mm", (int, float), True), ("normalization", dict, True),
     ("labels", list, True), ("architecture", dict, True), ("validity", dict, True),
     ("confidence_calibration", dict, False), ("training", dict, False), ("metrics", dict, False),
-    ("files", dict, True), ("expected", dict, False),
+    ("files", dict, True), ("expected", dict, False), ("postprocessing", dict, False),
 )
 
 
@@ -66,7 +66,14 @@ class ModelCard:
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     expected: dict = field(default_factory=dict)
+    # {"largest_component": [label names]}: structures kept as their largest connected part (gase.postprocess)
+    postprocessing: dict = field(default_factory=dict)
     folder: Path | None = None
+
+    @property
+    def largest_component_labels(self) -> tuple[LabelInfo, ...]:
+        names = set(self.postprocessing.get("largest_component", []))
+        return tuple(lab for lab in self.labels if lab.name in names)
 
     def to_json(self) -> dict:
         return {
@@ -77,6 +84,7 @@ class ModelCard:
             "architecture": self.architecture, "validity": self.validity,
             "confidence_calibration": self.confidence_calibration, "training": self.training,
             "metrics": self.metrics, "files": self.files, "expected": self.expected,
+            "postprocessing": self.postprocessing,
         }
 
     @property
@@ -186,6 +194,11 @@ def parse_card(data: Any, folder: Path | None = None) -> ModelCard:
     cal = data.get("confidence_calibration", {})
     if not all(_number(cal.get(k, 0.0)) for k in ("scale", "bias")):
         raise ModelError(f"{where}: confidence_calibration scale and bias must be finite numbers.")
+    post = data.get("postprocessing", {})
+    names = post.get("largest_component", [])
+    if not isinstance(names, list) or not set(names) <= {lab.name for lab in labels}:
+        raise ModelError(f"{where}: postprocessing.largest_component must list label names of this model "
+                         f"(got {names!r}).")
     return ModelCard(
         name=data["name"], title=data["title"], version=data["version"], anatomy=data["anatomy"],
         plane=data["plane"], input_spacing_mm=float(data["input_spacing_mm"]), labels=labels,
@@ -194,7 +207,7 @@ def parse_card(data: Any, folder: Path | None = None) -> ModelCard:
         license=data.get("license", ""),
         confidence_calibration=data.get("confidence_calibration", {"scale": 1.0, "bias": 0.0}),
         training=data.get("training", {}), metrics=data.get("metrics", {}), expected=data.get("expected", {}),
-        folder=folder,
+        postprocessing=post, folder=folder,
     )
 
 

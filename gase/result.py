@@ -26,6 +26,10 @@ def label_voxel_counts(labels: np.ndarray, slab_voxels: int = 1 << 24) -> np.nda
     return counts
 
 
+def _json_number(v: float | None) -> float | None:
+    return None if v is None or not np.isfinite(v) else round(float(v), 4)
+
+
 @dataclass
 class Validity:
     """Is the input inside the style manifold the model learned?
@@ -59,7 +63,10 @@ class SegmentationResult:
 
     - ``labels``: uint8 label map (K, J, I); values are ``LabelInfo.value``, 0 = background.
     - ``confidence``: float32 (K, J, I) in [0, 1], the probability that the voxel's label is right.
-    - ``reliability``: mean confidence in the predicted foreground, ``overall`` and per label name.
+    - ``reliability``: mean confidence in the predicted foreground, ``overall`` and per label name
+      (the paper's mask reliability).
+    - ``expected_dice``: the Dice the model expects for each structure and their mean (see
+      :func:`gase.predictor.expected_dice`); the volume reliability that ranks results by quality.
     - ``validity``: input-validity verdict.
     """
 
@@ -73,6 +80,8 @@ class SegmentationResult:
     device: str = "cpu"
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
+    expected_dice_overall: float = float("nan")
+    expected_dice_per_label: dict[str, float] = field(default_factory=dict)
 
     def report(self) -> dict:
         """The JSON report written next to the outputs (``<case>_report.json``)."""
@@ -83,9 +92,11 @@ class SegmentationResult:
             "device": self.device,
             "seconds": round(self.seconds, 3),
             "validity": self.validity.to_json(),
-            "reliability": {"overall": round(float(self.reliability_overall), 4),
-                            "per_label": {k: (None if v is None or not np.isfinite(v) else round(float(v), 4))
-                                          for k, v in self.reliability_per_label.items()}},
+            "reliability": {"overall": _json_number(self.reliability_overall),
+                            "per_label": {k: _json_number(v) for k, v in self.reliability_per_label.items()},
+                            "expected_dice": _json_number(self.expected_dice_overall),
+                            "expected_dice_per_label": {k: _json_number(v)
+                                                        for k, v in self.expected_dice_per_label.items()}},
             "volumes_ml": {lab.name: round(float(counts[lab.value]) * vox_ml, 3) for lab in self.label_table},
             **self.extra,
         }

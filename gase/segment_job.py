@@ -114,11 +114,12 @@ def segment_cases(args: argparse.Namespace, default=str) -> int:
         v = result.validity
         if emit:
             emit({"event": "case_done", "case": case, "outputs": {k: str(p) for k, p in paths.items()},
-                  "validity": v.to_json(), "reliability": result.reliability_overall})
+                  "validity": v.to_json(), "reliability": result.reliability_overall,
+                  "expected_dice": result.expected_dice_overall})
         else:
             flag = "VALID" if v.valid else "NOT VALID (outside the model's competence)"
             print(f"{case}: {flag}  score {v.score:.2f} / threshold {v.threshold:.2f}  "
-                  f"reliability {result.reliability_overall:.3f}  ({result.seconds:.1f} s on {result.device})")
+                  f"expected Dice {result.expected_dice_overall:.2f}  ({result.seconds:.1f} s on {result.device})")
             print(f"    -> {paths['segmentation']}\n    -> {paths['confidence']}\n    -> {paths['report']}")
     if emit:
         emit({"event": "done", "outputs": {k: str(p) for k, p in paths.items()} if len(inputs) == 1 else None,

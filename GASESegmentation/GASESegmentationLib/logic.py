@@ -57,7 +57,7 @@ class SegmentationOutputs:
     slice_plot: tables.SlicePlot
     validity: Validity
     plane: str
-    reliability: float | None = None
+    reliability: float | None = None  # the model's expected Dice, mean over structures
     model_name: str = ""
 
     @property
@@ -179,14 +179,15 @@ class GASESegmentationLogic:
         outputs for that volume: segmentation, confidence overlay, reliability table, slice plot."""
         plane = plane if plane in PLANES else plane_of_slices(result.labels)
         nodes = results.show_result(input_volume, result, threshold=threshold, show_3d=show_3d)
-        reliability = None if not np.isfinite(result.reliability_overall) else float(result.reliability_overall)
+        reliability = None if not np.isfinite(result.expected_dice_overall) else float(result.expected_dice_overall)
         conf = nodes.confidence
         conf.SetAttribute(VALIDITY_ATTRIBUTE, json.dumps(_validity_json(result.validity)))
         conf.SetAttribute(PLANE_ATTRIBUTE, plane)
         conf.SetAttribute(MODEL_ATTRIBUTE, result.model_name)
         conf.SetAttribute(RELIABILITY_ATTRIBUTE, "" if reliability is None else repr(reliability))
         rows = tables.reliability_rows(result.labels, result.confidence, result.label_table, threshold,
-                                       result.reliability_per_label)
+                                       result.reliability_per_label,
+                                       {**result.expected_dice_per_label, tables.ALL_STRUCTURES: reliability})
         table = tables.update_reliability_table(input_volume, rows)
         mean, low = review.slice_confidence(result.labels, result.confidence, _slices_of(result.labels, plane),
                                             threshold)
@@ -223,14 +224,9 @@ class GASESegmentationLogic:
         """New confidence threshold: overlay, reliability table ("below threshold") and slice plot follow."""
         results.set_threshold(outputs.confidence, threshold)
         labels, confidence, table = self.current_volumes(outputs)
-        reliability = {}
-        rel_table = outputs.reliability_table
-        if rel_table is not None:  # keep the model's own reliability numbers
-            t = rel_table.GetTable()
-            for r in range(t.GetNumberOfRows()):
-                reliability[t.GetValue(r, 0).ToString()] = t.GetValue(r, 1).ToDouble()
+        dice, reliability = tables.model_numbers(outputs.reliability_table)  # the model's own numbers stay
         outputs.reliability_table = tables.update_reliability_table(
-            outputs.input_volume, tables.reliability_rows(labels, confidence, table, threshold, reliability))
+            outputs.input_volume, tables.reliability_rows(labels, confidence, table, threshold, reliability, dice))
         mean, low = review.slice_confidence(labels, confidence, _slices_of(labels, outputs.plane), threshold)
         outputs.slice_plot = tables.update_slice_plot(outputs.input_volume, mean, low, outputs.plane, threshold)
 

@@ -58,10 +58,13 @@ def load_result(outputs: JobOutputs, grid: np.ndarray | None = None) -> Segmenta
     rel = report.get("reliability", {}) or {}
     per_label = {k: (np.nan if v is None else float(v)) for k, v in (rel.get("per_label") or {}).items()}
     overall = rel.get("overall")
+    dice = rel.get("expected_dice")
+    dice_per_label = {k: (np.nan if v is None else float(v)) for k, v in (rel.get("expected_dice_per_label") or {}).items()}
     extra = {k: v for k, v in report.items() if k not in ("validity", "reliability", "model", "device", "seconds")}
     return SegmentationResult(
         labels=labels, confidence=Volume(confidence.array.astype(np.float32, copy=False), confidence.ijk_to_ras),
         label_table=table, reliability_overall=np.nan if overall is None else float(overall),
         reliability_per_label=per_label, validity=validity_from_report(report),
         model_name=str(report.get("model", "")), device=str(report.get("device", "")),
-        seconds=float(report.get("seconds", 0.0)), extra=extra)
+        seconds=float(report.get("seconds", 0.0)), extra=extra,
+        expected_dice_overall=np.nan if dice is None else float(dice), expected_dice_per_label=dice_per_label)

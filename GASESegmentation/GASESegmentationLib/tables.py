@@ -23,25 +23,53 @@ ROLE_SLICE_CHART = "slice-chart"
 ROLE_SLICE_SERIES_MEAN = "slice-series-mean"
 ROLE_SLICE_SERIES_LOW = "slice-series-low"
 
-RELIABILITY_COLUMNS = ("Structure", "Reliability", "Volume (mL)", "Below threshold (%)")
+RELIABILITY_COLUMNS = ("Structure", "Expected Dice", "Mean confidence", "Volume (mL)", "Below threshold (%)")
 SLICE_COLUMNS = ("Slice", "Mean confidence", "Fraction below threshold")
+
+
+ALL_STRUCTURES = "All structures"
+
+
+def _number(v) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def model_numbers(table_node) -> tuple[dict[str, float], dict[str, float]]:
+    """(expected Dice, mean confidence) per row name, read back from a reliability table node: the
+    model's own numbers, kept when the table is rebuilt for a new threshold or edited segments."""
+    dice, conf = {}, {}
+    if table_node is None:
+        return dice, conf
+    t = table_node.GetTable()
+    col = {t.GetColumnName(c): c for c in range(t.GetNumberOfColumns())}
+    for r in range(t.GetNumberOfRows()):
+        name = t.GetValue(r, 0).ToString()
+        if "Expected Dice" in col:
+            dice[name] = t.GetValue(r, col["Expected Dice"]).ToDouble()
+        if "Mean confidence" in col and name != ALL_STRUCTURES:
+            conf[name] = t.GetValue(r, col["Mean confidence"]).ToDouble()
+    return dice, conf
 
 
 @dataclass(frozen=True)
 class ReliabilityRow:
     structure: str
+    expected_dice: float    # the model's own estimate of the structure's Dice; NaN if unknown
     reliability: float      # mean confidence in the structure (the paper's mask reliability); NaN if absent
     volume_ml: float
     below_percent: float    # % of the structure's voxels with confidence below the threshold; NaN if absent
 
 
 def reliability_rows(labels: Volume, confidence: Volume, label_table: Sequence[LabelInfo],
-                     threshold: float, reliability: dict[str, float] | None = None) -> list[ReliabilityRow]:
+                     threshold: float, reliability: dict[str, float] | None = None,
+                     expected_dice: dict[str, float] | None = None) -> list[ReliabilityRow]:
     """One row per structure and a last "All structures" row.
 
-    ``reliability`` (the model's own per-label numbers, when known) is used as is; otherwise the mean
-    confidence over the structure's voxels is computed.
+    ``reliability`` (the model's own per-label mean confidence, when known) is used as is; otherwise the
+    mean confidence over the structure's voxels is computed. ``expected_dice`` (per label name, and
+    "All structures") only comes from the model: it needs the softmax probabilities; NaN where unknown.
     """
+    expected_dice = expected_dice or {}
     lab = labels.array.ravel()
     conf = confidence.array.ravel().astype(np.float64)
     n = max([t.value for t in label_table] + [int(lab.max(initial=0))]) + 1
@@ -55,11 +83,12 @@ def reliability_rows(labels: Volume, confidence: Volume, label_table: Sequence[L
         mean = float(sums[t.value] / c) if c else float("nan")
         given = None if reliability is None else reliability.get(t.name)
         rel = float(given) if given is not None else mean
-        rows.append(ReliabilityRow(t.name, rel, c * voxel_ml, 100.0 * below[t.value] / c if c else float("nan")))
+        rows.append(ReliabilityRow(t.name, _number(expected_dice.get(t.name)), rel, c * voxel_ml,
+                                   100.0 * below[t.value] / c if c else float("nan")))
     values = [t.value for t in label_table]
     c_all = counts[values].sum()
     mean_all = float(sums[values].sum() / c_all) if c_all else float("nan")
-    rows.append(ReliabilityRow("All structures", mean_all, c_all * voxel_ml,
+    rows.append(ReliabilityRow(ALL_STRUCTURES, _number(expected_dice.get(ALL_STRUCTURES)), mean_all, c_all * voxel_ml,
                                100.0 * below[values].sum() / c_all if c_all else float("nan")))
     return rows
 
@@ -81,7 +110,7 @@ def update_reliability_table(input_node, rows: Sequence[ReliabilityRow]):
         numbers.append(column)
     for row in rows:
         names.InsertNextValue(row.structure)
-        for column, value in zip(numbers, (row.reliability, row.volume_ml, row.below_percent)):
+        for column, value in zip(numbers, (row.expected_dice, row.reliability, row.volume_ml, row.below_percent)):
             column.InsertNextValue(round(float(value), 3) if np.isfinite(value) else float("nan"))
     node.SetAndObserveTable(table)
     node.SetUseColumnTitleAsColumnHeader(True)

@@ -29,7 +29,7 @@ class Verdict:
     valid: bool
     score: float
     threshold: float
-    reliability: float | None = None
+    reliability: float | None = None  # the model's expected Dice, mean over structures (None if unknown)
 
     @staticmethod
     def from_validity(validity: Validity, reliability: float | None = None) -> "Verdict":
@@ -39,7 +39,7 @@ class Verdict:
     def from_json(report: dict) -> "Verdict":
         """From a ``<case>_report.json`` dict (``validity`` and optional ``reliability`` entries)."""
         v = report["validity"]
-        rel = report.get("reliability", {}).get("overall")
+        rel = (report.get("reliability") or {}).get("expected_dice")
         return Verdict(bool(v["valid"]), float(v["score"]), float(v["threshold"]),
                        None if rel is None else float(rel))
 
@@ -63,7 +63,7 @@ class Verdict:
     def slice_view_text(self) -> str:
         """Two short lines for the slice views (they must fit a small view of a four-up layout)."""
         if self.valid:
-            details = self.comparison + ("" if self.reliability is None else f", reliability {self.reliability:.2f}")
+            details = self.comparison + ("" if self.reliability is None else f", expected Dice {self.reliability:.2f}")
             return f"GASE: input valid\n{details}"
         return f"GASE: OUTSIDE the model's competence\n{self.comparison}: do not trust this result"
 
@@ -76,7 +76,7 @@ class Verdict:
 
     def banner_html(self) -> str:
         """Rich text for the module panel's banner label."""
-        rel = "" if self.reliability is None else f" &nbsp;|&nbsp; reliability {self.reliability:.2f}"
+        rel = "" if self.reliability is None else f" &nbsp;|&nbsp; expected Dice {self.reliability:.2f}"
         return (f"<div style='background-color:{self.hex_color}; color:white; padding:6px;'>"
                 f"<b>{html.escape(self.headline)}</b> &nbsp; ({html.escape(self.comparison)}){rel}"
                 f"<br/><small>{html.escape(self.explanation())}</small></div>")

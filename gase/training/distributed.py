@@ -35,6 +35,7 @@ from __future__ import annotations
 import datetime
 import os
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -228,12 +229,41 @@ def shutdown() -> None:
     """Leave the process group (if any) and fall back to the one-process context."""
     global _CURRENT
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        store = None
         if torch.distributed.get_backend() == "gloo":
             # gloo aborts a process (std::terminate) whose peers close their connections while it still
             # tears down: leave together. Bounded wait, so a dead peer cannot hang the exit.
             try:
                 torch.distributed.monitored_barrier(timeout=datetime.timedelta(seconds=120), wait_all_ranks=True)
+                store = _default_store()
             except RuntimeError:
                 pass
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
         torch.distributed.destroy_process_group()
+        if store is not None:
+            _leave_in_order(store, rank, world)
     _CURRENT = DistContext()
+
+
+def _default_store():
+    try:  # private but long-standing (torch 1.x-2.x); without it the ordered exit is skipped
+        return torch.distributed.distributed_c10d._get_default_store()
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def _leave_in_order(store, rank: int, world: int, timeout_s: float = 30.0) -> None:
+    """Rank 0 hosts the rendezvous store: it leaves only once every other rank has finished tearing down
+    its process group (a store counter), so no rank is still closing gloo connections when the store and
+    rank 0's sockets go away. Seen without it: an occasional SIGABRT ("terminate called without an active
+    exception") at the end of a 2-process CPU run, with all work done. Bounded: a dead rank costs at most
+    ``timeout_s``."""
+    try:
+        if rank != 0:
+            store.add("gase/left", 1)
+            return
+        deadline = time.monotonic() + timeout_s
+        while store.add("gase/left", 0) < world - 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    except (RuntimeError, OSError):  # the store is gone (rank 0 exited first, or a timeout): nothing to order
+        pass

@@ -47,6 +47,7 @@ from ..errors import CancelledError, TrainingDataError
 from ..labels import LabelInfo
 from ..model_card import ModelCard, write_card
 from ..nets import MappingNetwork, SegDiscriminator, StyleEncoder, StyleGenerator
+from ..postprocess import SINGLE_OBJECT_FRACTION, single_object_labels
 from ..preprocess import Normalization, pad_to_multiple
 from ..predictor import Predictor, resolve_device
 from ..validity import StyleManifold, calibrate_threshold, heldout_volume_scores
@@ -356,8 +357,15 @@ def train(train_pairs: Sequence[tuple[Volume, np.ndarray, str]], val_pairs: Sequ
         raise CancelledError(f"Training stopped at iteration {trainer.state.iteration}; resume from {out_dir}.")
     if not trainer.dist.is_main:  # [ddp] rank 0 exports the model folder; the other ranks only trained
         return TrainResult(out_dir, trainer.state.iteration, trainer.state.seconds, {}, None)  # type: ignore[arg-type]
+    extra_card = dict(extra_card or {})
+    if "postprocessing" not in extra_card:
+        single = single_object_labels((lab for _, lab, _ in [*train_pairs, *val_pairs]), [t.value for t in table])
+        extra_card["postprocessing"] = {"largest_component": [t.name for t in table if t.value in single],
+                                        "rule": "labels whose largest 6-connected part holds >= "
+                                                f"{SINGLE_OBJECT_FRACTION:.0%} of their voxels in every training "
+                                                "label map: only that part of the prediction is kept"}
     return _export(trainer, train_set, val_set, val_pairs, table, out_dir, cfg, anatomy=anatomy, plane=plane,
-                   spacing=spacing, norm=norm, name=name, title=title, emit=emit, extra_card=extra_card or {})
+                   spacing=spacing, norm=norm, name=name, title=title, emit=emit, extra_card=extra_card)
 
 
 def _median_inplane_spacing(volumes: Sequence[Volume], plane: str) -> float:
