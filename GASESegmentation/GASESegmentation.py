@@ -33,7 +33,7 @@ class GASESegmentation(ScriptedLoadableModule):
         self.parent.contributors = ["GASE developers"]
         self.parent.helpText = _(
             "Segment an MR volume with a GASE model and see how far to trust the result: a per-voxel confidence "
-            "overlay, per-structure reliability, and an input-validity verdict (is the scan inside what the model "
+            "overlay, per-structure reliability (the Dice the model expects), and an input-validity verdict (is the scan inside what the model "
             "learned?). Review low-confidence regions and turn them into a segment to edit. Segmentation runs in "
             "a background process; Apply becomes Cancel. From the Python console: "
             "<code>GASESegmentationLib.logic.GASESegmentationLogic().process(volumeNode)</code>.")

@@ -107,3 +107,6 @@ def test_predictor_removes_stray_parts_and_keeps_its_numbers_consistent(tiny_mod
             assert b.reliability_per_label[lab.name] == pytest.approx(float(b.confidence.array[m].mean()), rel=1e-4)
     rep = b.report()
     assert rep["postprocessing"]["kept_largest_component"] == ["femur", "tibia"]
+    voxel_ml = float(np.prod(img.spacing)) / 1000
+    for name, n in removed.items():
+        assert rep["postprocessing"]["removed_ml"][name] == pytest.approx(n * voxel_ml, abs=1e-3)

@@ -21,6 +21,8 @@ def test_valid_and_invalid_texts():
     html = invalid.banner_html()
     assert "Outside the model&#x27;s competence" in html and "score 3.50 &gt; threshold 2.00" in html
     assert invalid.hex_color in html
+    assert "expected Dice 0.87" in valid.banner_html()
+    assert "expected Dice" not in Verdict.from_validity(Validity(False, 3.5, 2.0, np.zeros(3)), 0.8).banner_html()
     report = {"validity": {"valid": False, "score": 3.5, "threshold": 2.0},
               "reliability": {"overall": 0.9, "expected_dice": 0.4}}
     assert Verdict.from_json(report) == Verdict(False, 3.5, 2.0, 0.4)

@@ -52,9 +52,9 @@ def render_overview(rows: list[dict], path: Path, title: str) -> Path:
 
     n = len(rows)
     fig = plt.figure(figsize=(16, 3.9 * n + 0.6), dpi=90)
-    gs = fig.add_gridspec(n, 5, width_ratios=[1, 1, 1, 0.05, 1.25], wspace=0.2, hspace=0.28)
+    gs = fig.add_gridspec(n, 6, width_ratios=[1, 1, 1, 0.05, 0.18, 1.25], wspace=0.2, hspace=0.32)
     fig.suptitle(title, fontsize=14, y=0.995)
-    ax_map = fig.add_subplot(gs[:, 4])
+    ax_map = fig.add_subplot(gs[:, 5])  # column 4: room for the colour bars' label
     colors = ["tab:green", "tab:orange", "tab:red", "tab:purple"]
     for r, row in enumerate(rows):
         img, lab, conf = row["image"], row["labels"], row["confidence"]
@@ -69,16 +69,19 @@ def render_overview(rows: list[dict], path: Path, title: str) -> Path:
         ax = fig.add_subplot(gs[r, 1])
         ax.imshow(img, cmap="gray")
         ax.imshow(lab, cmap=ListedColormap(cmap_lab), interpolation="nearest", vmin=0, vmax=len(cmap_lab) - 1)
-        rel = row["report"]["reliability"]
-        dice = rel.get("expected_dice")
-        ax.set_title("GASE mask  (expected Dice " + (f"{dice:.2f})" if dice is not None else "n/a)"), fontsize=9)
+        v = row["report"]["validity"]
+        ok = v["valid"]
+        dice = row["report"]["reliability"].get("expected_dice")
+        # an input outside the model's competence gets no quality estimate: the model's own would mislead
+        ax.set_title("GASE mask\n" + (f"expected Dice {dice:.2f}" if ok and dice is not None else
+                                      "expected Dice: none (input not valid)" if not ok else "expected Dice n/a"),
+                     fontsize=9)
         ax.axis("off")
         ax = fig.add_subplot(gs[r, 2])
         ax.imshow(img, cmap="gray")
         im = ax.imshow(np.ma.masked_where(conf > 0.999, conf), cmap="inferno", vmin=0, vmax=1, alpha=0.85)
-        v = row["report"]["validity"]
-        ok = v["valid"]
-        ax.set_title(("VALID" if ok else "OUTSIDE MODEL'S COMPETENCE") + f"  score {v['score']:.2f} / thr {v['threshold']:.2f}",
+        ax.set_title(("VALID" if ok else "OUTSIDE THE MODEL'S COMPETENCE") +
+                     f"\nscore {v['score']:.2f} {'<=' if ok else '>'} threshold {v['threshold']:.2f}",
                      fontsize=9, color="darkgreen" if ok else "red", fontweight="bold")
         ax.axis("off")
         cax = fig.add_subplot(gs[r, 3])
@@ -127,8 +130,9 @@ def run_demo(args: argparse.Namespace) -> int:
         result = predictor.predict(volume)
         paths = write_outputs(result, out_dir, case, overwrite=args.overwrite)
         v = result.validity
+        dice = f"expected Dice {result.expected_dice_overall:.2f}" if v.valid else "no Dice estimate    "
         print(f"  {case:22s} {'VALID' if v.valid else 'NOT VALID':9s} score {v.score:7.2f} (threshold {v.threshold:.2f})"
-              f"  expected Dice {result.expected_dice_overall:.2f}  {result.seconds:.1f} s  -> {paths['segmentation'].name}")
+              f"  {dice}  {result.seconds:.1f} s  -> {paths['segmentation'].name}")
         reo = reorientation_for(volume, card.plane)
         lab_c = reo.forward(result.labels.array)
         s = int(np.argmax((lab_c > 0).reshape(lab_c.shape[0], -1).sum(1))) if lab_c.any() else lab_c.shape[0] // 2

@@ -548,7 +548,9 @@ class Predictor:
                               "reference_2d": np.round(self.manifold.reference_2d, 3).tolist()}}
         if self.card.largest_component_labels:
             extra["postprocessing"] = {"kept_largest_component": [lab.name for lab in self.card.largest_component_labels],
-                                       "removed_voxels": removed}
+                                       "removed_voxels": removed,
+                                       "removed_ml": {k: round(n * float(np.prod(volume.spacing)) / 1000.0, 3)
+                                                      for k, n in removed.items()}}
         if return_probabilities:
             extra["probabilities"] = {"msp": msp_out, "entropy": ent_out}
         return SegmentationResult(

@@ -118,8 +118,10 @@ def segment_cases(args: argparse.Namespace, default=str) -> int:
                   "expected_dice": result.expected_dice_overall})
         else:
             flag = "VALID" if v.valid else "NOT VALID (outside the model's competence)"
+            dice = (f"expected Dice {result.expected_dice_overall:.2f}" if v.valid else
+                    "no Dice estimate for an input outside the model's competence")
             print(f"{case}: {flag}  score {v.score:.2f} / threshold {v.threshold:.2f}  "
-                  f"expected Dice {result.expected_dice_overall:.2f}  ({result.seconds:.1f} s on {result.device})")
+                  f"{dice}  ({result.seconds:.1f} s on {result.device})")
             print(f"    -> {paths['segmentation']}\n    -> {paths['confidence']}\n    -> {paths['report']}")
     if emit:
         emit({"event": "done", "outputs": {k: str(p) for k, p in paths.items()} if len(inputs) == 1 else None,

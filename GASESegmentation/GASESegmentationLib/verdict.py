@@ -76,7 +76,8 @@ class Verdict:
 
     def banner_html(self) -> str:
         """Rich text for the module panel's banner label."""
-        rel = "" if self.reliability is None else f" &nbsp;|&nbsp; expected Dice {self.reliability:.2f}"
+        # no quality estimate for an input outside the model's competence: the model's own would mislead
+        rel = "" if self.reliability is None or not self.valid else f" &nbsp;|&nbsp; expected Dice {self.reliability:.2f}"
         return (f"<div style='background-color:{self.hex_color}; color:white; padding:6px;'>"
                 f"<b>{html.escape(self.headline)}</b> &nbsp; ({html.escape(self.comparison)}){rel}"
                 f"<br/><small>{html.escape(self.explanation())}</small></div>")
