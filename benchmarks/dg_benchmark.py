@@ -27,8 +27,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from gase.training.config import TrainConfig
 
 QUICK = {"scale": 0.5, "test_subjects": 2, "ood_subjects": 1, "n_styles": 2, "iterations": 10, "batch_size": 4,
          "crop": 64}
