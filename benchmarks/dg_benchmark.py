@@ -144,11 +144,12 @@ def run(cfg: BenchConfig) -> dict:
                            device=device, seed=cfg.seed, val_every=max(50, iterations // 4),
                            checkpoint_every=iterations, max_minutes=max_minutes).validate()
 
-    if cfg.reuse_models:  # fail before rendering anything
+    reused = {}  # --reuse-models: the earlier run's training records, checked before rendering anything
+    if cfg.reuse_models:
         for a in cfg.anatomies:
             for m in cfg.methods:
-                reused_training((cfg.models_dir or cfg.out / "models") / f"{a}-{m}",
-                                train_cfg(m, cfg.iterations or FULL_DEFAULT_ITERATIONS))
+                reused[f"{a}/{m}"] = reused_training((cfg.models_dir or cfg.out / "models") / f"{a}-{m}",
+                                                     train_cfg(m, cfg.iterations or FULL_DEFAULT_ITERATIONS))
     try:
         with stage(cfg, "data"):
             data = build_all(list(specs.values()), pool)
@@ -182,7 +183,7 @@ def run(cfg: BenchConfig) -> dict:
                 cap = 2.0 * iterations * per_it[f"{a}/{m}"] / 60 + 0.5 if per_it else None  # safety cap only
                 folder = (cfg.models_dir or cfg.out / "models") / f"{a}-{m}"
                 if cfg.reuse_models:
-                    trained[f"{a}/{m}"] = reused_training(folder, train_cfg(m, iterations))
+                    trained[f"{a}/{m}"] = reused[f"{a}/{m}"]
                 else:
                     with stage(cfg, f"train {a}/{m}"):
                         tr = train(training_pairs(d.train), training_pairs(d.val), table, folder,

@@ -520,16 +520,14 @@ class Predictor:
         removed = {}
         for lab in self.card.largest_component_labels:  # learned from the training labels (gase.postprocess)
             n, c = keep_largest_component(labels_out, conf_out, lab.value)
-            if n:  # n voxels moved to background, their confidence c became 1 - c. For the expected Dice the
-                # rule's verdict is final: c stands in for the label's probability there, taken out of both the
-                # predicted-label and the all-voxel sums (the removed voxels count as neither found nor missed).
+            if n:  # n voxels moved to background, their confidence c became 1 - c. The expected Dice's FN
+                # (the label's probability on voxels not predicted as it) is left as it was: the rule's verdict
+                # is final, so the removed voxels count as neither found nor missed.
                 removed[lab.name] = n
                 counts[lab.value] -= n
                 counts[0] += n
                 sums[0, lab.value] -= c
                 sums[0, 0] += n - c
-                sums[1, lab.value] -= c
-                sums[2, lab.value] -= c
         conf_sum = sums[0]
         slice_scores, emb2d = self.manifold.score(features)
         vscore = volume_score(slice_scores, np.asarray(content))

@@ -42,12 +42,13 @@ def model_numbers(table_node) -> tuple[dict[str, float], dict[str, float]]:
         return dice, conf
     t = table_node.GetTable()
     col = {t.GetColumnName(c): c for c in range(t.GetNumberOfColumns())}
+    dice_col, conf_col = RELIABILITY_COLUMNS[1], RELIABILITY_COLUMNS[2]
     for r in range(t.GetNumberOfRows()):
         name = t.GetValue(r, 0).ToString()
-        if "Expected Dice" in col:
-            dice[name] = t.GetValue(r, col["Expected Dice"]).ToDouble()
-        if "Mean confidence" in col and name != ALL_STRUCTURES:
-            conf[name] = t.GetValue(r, col["Mean confidence"]).ToDouble()
+        if dice_col in col:
+            dice[name] = t.GetValue(r, col[dice_col]).ToDouble()
+        if conf_col in col and name != ALL_STRUCTURES:
+            conf[name] = t.GetValue(r, col[conf_col]).ToDouble()
     return dice, conf
 
 
