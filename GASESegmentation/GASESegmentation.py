@@ -3,7 +3,6 @@
 This file only binds the GUI. Everything it does is in ``GASESegmentationLib`` (Qt-free, tested with
 MRML nodes outside Slicer): ``GASESegmentationLogic`` is the entry point for scripts as well.
 """
-import logging
 import os
 from pathlib import Path
 from typing import Annotated
@@ -22,6 +21,7 @@ from slicer.util import VTKObservationMixin
 
 from GASESegmentationLib.logic import DEFAULT_THRESHOLD
 from GASESegmentationLib.logic import GASESegmentationLogic as LibraryLogic
+from GASESegmentationLib.messages import show_error
 
 
 class GASESegmentation(ScriptedLoadableModule):
@@ -234,7 +234,7 @@ class GASESegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._run = self.logic.start(self.ui.inputVolumeSelector.currentNode(),
                                          self._selectedModelFolder(), self.ui.deviceComboBox.currentText)
         except Exception as exc:
-            _showError(_("The segmentation could not start."), exc)
+            show_error(_("The segmentation could not start."), exc)
             return
         self.ui.applyButton.text = _("Cancel")
         self.ui.progressBar.value = 0
@@ -259,7 +259,7 @@ class GASESegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                         opacity=self.ui.opacitySlider.value)
         except Exception as exc:
             self._endRun(_("Failed."))
-            _showError(_("The segmentation failed."), exc)
+            show_error(_("The segmentation failed."), exc)
             return
         self._endRun(_("Done in {seconds:.0f} s.").format(seconds=seconds))
         self.showOutputs(outputs)
@@ -391,17 +391,6 @@ class GASESegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             setSource = getattr(editor, "setSourceVolumeNode", None) or editor.setMasterVolumeNode
             setSource(self._outputs.input_volume)
             editor.setCurrentSegmentID(segmentId)
-
-
-def _showError(message: str, exc: Exception) -> None:
-    """A user error (GaseError) shows its own message; anything else also gets the traceback."""
-    import traceback
-
-    from gase.errors import GaseError
-
-    logging.error("%s %s", message, exc)
-    details = None if isinstance(exc, GaseError) else traceback.format_exc()
-    slicer.util.errorDisplay(f"{message}\n\n{exc}", detailedText=details)
 
 
 class GASESegmentationTest(ScriptedLoadableModuleTest):

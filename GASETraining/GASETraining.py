@@ -19,6 +19,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 from GASETrainingLib.logic import GASETrainingLogic as LibraryLogic
+from GASESegmentationLib.messages import show_error
 
 POLL_MS = 500
 
@@ -224,7 +225,7 @@ class GASETrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 overwrite = True
             self._run = self.logic.start(trainingSet, name, settings, scene=slicer.mrmlScene, overwrite=overwrite)
         except Exception as exc:
-            _showError(_("The training could not start."), exc)
+            show_error(_("The training could not start."), exc)
             return
         self._begin(_("Starting ({count} training scans)...").format(count=len(trainingSet.cases)))
 
@@ -233,7 +234,7 @@ class GASETrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._run = self.logic.resume(self._lastRun or self._parameterNode.modelName.strip(),
                                           scene=slicer.mrmlScene)
         except Exception as exc:
-            _showError(_("The training could not be resumed."), exc)
+            show_error(_("The training could not be resumed."), exc)
             return
         self._begin(_("Resuming from the last checkpoint..."))
 
@@ -279,12 +280,12 @@ class GASETrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         if not run.succeeded:
             self.ui.statusLabel.text = _("Failed.")
-            _showError(_("The training failed."), RuntimeError(run.process.error or run.process.message))
+            show_error(_("The training failed."), RuntimeError(run.process.error or run.process.message))
             return
         try:
             card = self._register(run)
         except Exception as exc:
-            _showError(_("The model could not be saved to your models folder."), exc)
+            show_error(_("The model could not be saved to your models folder."), exc)
             return
         dice = card.metrics.get("validation_dice", {}).get("mean")
         minutes = run.status.seconds / 60
@@ -329,17 +330,6 @@ class GASETrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.mrmlScene.AddNode(viewNode)
         viewNode.SetPlotChartNodeID(chart.GetID() if chart else None)
         return viewNode
-
-
-def _showError(message: str, exc: Exception) -> None:
-    """A user error (GaseError) shows its own message; anything else also gets the traceback."""
-    import traceback
-
-    from gase.errors import GaseError
-
-    logging.error("%s %s", message, exc)
-    details = None if isinstance(exc, GaseError) else traceback.format_exc()
-    slicer.util.errorDisplay(f"{message}\n\n{exc}", detailedText=details)
 
 
 class GASETrainingTest(ScriptedLoadableModuleTest):

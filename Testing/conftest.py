@@ -14,9 +14,13 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import pytest
+
+if TYPE_CHECKING:  # the fixtures import gase lazily, after the environment is set up
+    from gase.result import SegmentationResult
+    from gase.volume import Volume
 
 ROOT = Path(__file__).resolve().parents[1]
 for module_dir in ("GASESegmentation", "GASETraining"):

@@ -82,8 +82,6 @@ def shown(slicer_app_logic, knee_result):
 
 
 def _slice_center(slice_node):
-    import vtk
-
     m = slice_node.GetSliceToRAS()
     return np.array([m.GetElement(r, 3) for r in range(3)])
 
@@ -194,3 +192,34 @@ def test_slice_plot_and_jumping_to_a_slice(shown):
     # The jump lands on the slice's voxel plane: R of the slice centre matches the canonical index.
     k = s if not reo.flips[0] else canon_labels.shape[0] - 1 - s
     assert ras[0] == pytest.approx((case.image.ijk_to_ras @ [0, 0, k, 1])[0])
+
+
+def test_reliability_table_shows_what_the_post_processing_removed(shown):
+    """The table's last column: mL moved to background per post-processed structure (0 where nothing was),
+    empty (NaN) for structures the model does not post-process; it survives a threshold change."""
+    import dataclasses
+
+    from GASESegmentationLib.tables import RELIABILITY_COLUMNS
+
+    scene, logic, input_node, case, _, _ = shown
+    post = {"kept_largest_component": ["femur", "tibia"], "removed_voxels": {"femur": 120},
+            "removed_ml": {"femur": 0.216}}
+    result = dataclasses.replace(case.result, extra={**case.result.extra, "postprocessing": post})
+    outputs = logic.show_result(input_node, result, plane="sagittal", threshold=0.5)
+
+    def removed_column():
+        t = outputs.reliability_table.GetTable()
+        col = [t.GetColumnName(c) for c in range(t.GetNumberOfColumns())].index(RELIABILITY_COLUMNS[5])
+        return {t.GetValue(r, 0).ToString(): t.GetValue(r, col).ToDouble() for r in range(t.GetNumberOfRows())}
+
+    removed = removed_column()
+    assert removed["femur"] == pytest.approx(0.216)
+    assert removed["tibia"] == 0.0
+    assert np.isnan(removed["femoral cartilage"]) and np.isnan(removed["tibial cartilage"])
+    assert removed["All structures"] == pytest.approx(0.216)
+    logic.set_threshold(outputs, 0.7)
+    assert removed_column() == pytest.approx(removed, nan_ok=True)
+    # a model without post-processing leaves the column empty
+    plain = logic.show_result(input_node, case.result, plane="sagittal", threshold=0.5)
+    t = plain.reliability_table.GetTable()
+    assert all(np.isnan(t.GetValue(r, 5).ToDouble()) for r in range(t.GetNumberOfRows()))

@@ -106,3 +106,16 @@ def test_config_validation():
         TrainConfig.from_json({"learning_rate": 1})
     cfg = TrainConfig.from_json(TrainConfig(iterations=7).to_json())
     assert cfg.iterations == 7 and isinstance(cfg.segmenter_channels, tuple)
+
+
+def test_a_save_removes_temporary_files_a_killed_save_left(tmp_path):
+    from gase.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+
+    left = tmp_path / ".checkpoint-abc123.pt"  # what SIGKILL during torch.save leaves
+    left.write_bytes(b"half a file")
+    other = tmp_path / "notes.pt"  # the user's own files are not touched
+    other.write_bytes(b"mine")
+    save_checkpoint({"iteration": 3, "w": torch.ones(2)}, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_NAME, "notes.pt"]
+    assert load_checkpoint(tmp_path)["iteration"] == 3
+    assert other.read_bytes() == b"mine"

@@ -187,7 +187,8 @@ class GASESegmentationLogic:
         conf.SetAttribute(RELIABILITY_ATTRIBUTE, "" if reliability is None else repr(reliability))
         rows = tables.reliability_rows(result.labels, result.confidence, result.label_table, threshold,
                                        result.reliability_per_label,
-                                       {**result.expected_dice_per_label, tables.ALL_STRUCTURES: reliability})
+                                       {**result.expected_dice_per_label, tables.ALL_STRUCTURES: reliability},
+                                       removed_by_postprocessing(result))
         table = tables.update_reliability_table(input_volume, rows)
         mean, low = review.slice_confidence(result.labels, result.confidence, _slices_of(result.labels, plane),
                                             threshold)
@@ -224,9 +225,10 @@ class GASESegmentationLogic:
         """New confidence threshold: overlay, reliability table ("below threshold") and slice plot follow."""
         results.set_threshold(outputs.confidence, threshold)
         labels, confidence, table = self.current_volumes(outputs)
-        dice, reliability = tables.model_numbers(outputs.reliability_table)  # the model's own numbers stay
+        dice, reliability, removed = tables.model_numbers(outputs.reliability_table)  # the model's own numbers stay
         outputs.reliability_table = tables.update_reliability_table(
-            outputs.input_volume, tables.reliability_rows(labels, confidence, table, threshold, reliability, dice))
+            outputs.input_volume, tables.reliability_rows(labels, confidence, table, threshold, reliability, dice,
+                                                          removed))
         mean, low = review.slice_confidence(labels, confidence, _slices_of(labels, outputs.plane), threshold)
         outputs.slice_plot = tables.update_slice_plot(outputs.input_volume, mean, low, outputs.plane, threshold)
 
@@ -267,6 +269,14 @@ class GASESegmentationLogic:
     def write_manifold_png(outputs: SegmentationOutputs, path) -> Path:
         """The style-manifold picture explaining the verdict, as a PNG."""
         return write_manifold_png(outputs.validity, path)
+
+
+def removed_by_postprocessing(result: SegmentationResult) -> dict[str, float]:
+    """mL the model's post-processing removed per structure it applies to (0.0 where it removed nothing);
+    empty for a model without post-processing."""
+    post = result.extra.get("postprocessing") or {}
+    removed = post.get("removed_ml") or {}
+    return {name: float(removed.get(name, 0.0)) for name in post.get("kept_largest_component", [])}
 
 
 def _slices_of(volume, plane: str) -> Reorientation:

@@ -297,7 +297,7 @@ class KneeSubject:
                 tis[blk.sl][ellipsoid(blk.X, blk.Y, blk.Z, c, rr) < 0] = T["synovial_fluid"]
 
     def _tendons(self, f: Frame, tis) -> None:
-        s, (px, py, pz), (rx, ry, rz) = self.s, self.c_p, self.r_p
+        s, (_, py, pz), (_, _, rz) = self.s, self.c_p, self.r_p
         tub = (0.0, self.y_t + 0.8 * self.b_t + 8 * s, self.z_tb - 30 * s)
         bands = [((0.0, py + 2 * s, pz - rz + 3), tub, 2.4 * s, 13 * s),            # patellar tendon
                  ((0.0, py - 1, pz + rz - 3), (0.0, py - 6 * s, pz + 90), 3.0 * s, 15 * s)]  # quadriceps

@@ -10,10 +10,17 @@ import torch
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
+TEMP_PREFIX = ".checkpoint-"
+
+
 def save_checkpoint(state: dict, folder: Path) -> Path:
-    """Write ``folder/checkpoint.pt`` via a temporary file and an atomic rename (a kill never leaves half a file)."""
+    """Write ``folder/checkpoint.pt`` via a temporary file and an atomic rename (a kill never leaves half a
+    file). Temporary files a killed earlier save left behind (SIGKILL runs no cleanup) are deleted: one
+    training run writes to a folder at a time."""
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".pt", dir=str(folder))
+    for stale in folder.glob(f"{TEMP_PREFIX}*.pt"):
+        stale.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".pt", dir=str(folder))
     os.close(fd)
     try:
         torch.save(state, tmp)
