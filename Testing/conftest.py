@@ -205,9 +205,12 @@ def make_knee_result(ijk_to_ras=None, shape=(40, 72, 72), *, valid: bool = True,
 
     n_slices = shape[0]
     scores = (1.1 if valid else 3.4) + 0.2 * rng.standard_normal(n_slices)
+    split = rng.uniform(-0.3, 0.3, n_slices)  # within / off the manifold, their mean is the slice score
     validity = Validity(valid, float(np.median(scores)), 2.0, scores.astype(np.float32),
                         embedding_2d=(rng.normal(0.3 if valid else 4.0, 0.4, (n_slices, 2))).astype(np.float32),
-                        reference_2d=rng.normal(0.0, 1.0, (300, 2)).astype(np.float32))
+                        reference_2d=rng.normal(0.0, 1.0, (300, 2)).astype(np.float32),
+                        distances_2d=np.stack([scores * (1 + split), scores * (1 - split)], 1).astype(np.float32),
+                        reference_distances=rng.lognormal(0.0, 0.25, (300, 2)).astype(np.float32))
     counts = np.bincount(labels.ravel(), minlength=5)
     sums = np.bincount(labels.ravel(), weights=confidence.ravel(), minlength=5)
     per_label = {lab.name: float(sums[lab.value] / counts[lab.value]) for lab in KNEE_LABELS}

@@ -97,3 +97,21 @@ def test_label_counts_are_exact_and_bounded_in_memory():
     assert counts[5:].sum() == 0 and counts.sum() == labels.size
     assert peak < labels.nbytes // 4, f"{peak / 2**20:.1f} MiB for a {labels.nbytes / 2**20:.0f} MiB label map"
     assert label_voxel_counts(labels[:0]).sum() == 0
+
+
+def test_validity_distances_explain_the_score(predictor, knee_cases):
+    """Each slice's two distances (within / off the style manifold) average to its score; the model keeps
+    its training slices' distances (about 1 each) for the picture that explains the verdict."""
+    result = predictor.predict(knee_cases[4][0])
+    v = result.validity
+    assert v.distances_2d.shape == (len(v.slice_scores), 2)
+    finite = np.isfinite(v.slice_scores)
+    assert finite.sum() > 5
+    np.testing.assert_allclose(v.distances_2d[finite].mean(axis=1), v.slice_scores[finite], rtol=1e-5)
+    assert (v.distances_2d[finite] >= 0).all()
+    ref = predictor.manifold.reference_distances
+    assert ref.shape == predictor.manifold.reference_2d.shape
+    assert 0.7 < float(np.median(ref[:, 0])) < 1.4 and 0.7 < float(np.median(ref[:, 1])) < 1.4
+    report = result.report()
+    assert np.asarray(report["manifold"]["distances_2d"]).shape == v.distances_2d.shape
+    assert np.asarray(report["manifold"]["reference_distances"]).shape == ref.shape

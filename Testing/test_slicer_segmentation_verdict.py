@@ -43,10 +43,16 @@ def _png(path):
 
 
 @pytest.mark.parametrize("valid", [True, False])
-def test_manifold_picture_shows_the_input_against_the_training_styles(tmp_path, knee_result, valid):
+@pytest.mark.parametrize("map_kind", ["distances", "pca"])
+def test_manifold_picture_shows_the_input_against_the_training_styles(tmp_path, knee_result, valid, map_kind):
+    """The distance map (the default) and the PCA map (older models' results, without the two distances)."""
+    import dataclasses
+
     from GASESegmentationLib.manifold import write_manifold_png
 
     validity = knee_result(shape=(12, 30, 30), valid=valid).result.validity
+    if map_kind == "pca":
+        validity = dataclasses.replace(validity, distances_2d=None, reference_distances=None)
     path = write_manifold_png(validity, tmp_path / "manifold.png")
     px = _png(path)
     assert px.shape[0] > 250 and px.shape[1] > 600
@@ -61,6 +67,20 @@ def test_manifold_picture_shows_the_input_against_the_training_styles(tmp_path, 
     top = px[:30].reshape(-1, 3)
     title = (top[:, 1] > top[:, 0] + 50) if valid else (top[:, 0] > top[:, 1] + 80)
     assert title.sum() > 20
+
+
+def test_the_volume_star_lies_on_the_side_of_the_threshold_its_verdict_says():
+    from gase.validity_map import volume_point
+
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        d = rng.lognormal(0.0, 0.6, (25, 2)) * rng.uniform(0.3, 3.0, 2)
+        score = float(np.median(d.mean(axis=1)))
+        threshold = float(rng.uniform(0.5, 4.0))
+        star = volume_point(d, score)
+        assert star.mean() == pytest.approx(score)
+        assert (star.mean() <= threshold) == (score <= threshold)
+    assert volume_point(np.full((3, 2), np.nan), 1.0) is None
 
 
 def test_manifold_picture_without_map_points(tmp_path):

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import OutputError
+from .validity_map import draw_distance_map
 
 DEMO_UNSEEN_STYLE = "t1_se"
 DEMO_SEED = 9001
@@ -42,8 +43,10 @@ def sample_inputs(out_dir: Path, anatomy: str, source_style: str, overwrite: boo
 
 
 def render_overview(rows: list[dict], path: Path, title: str) -> Path:
-    """rows: dicts with image (H, W), labels (H, W), confidence (H, W), label_table, report, desc, embedding,
-    reference. Writes one PNG: a row per case plus the style-manifold map."""
+    """rows: dicts with image (H, W), labels (H, W), confidence (H, W), label_table, report, desc and
+    validity (:class:`~gase.result.Validity`). Writes one PNG: a row per case plus the map of the slices'
+    distances to the learned styles (:mod:`gase.validity_map`; the PCA map of the style codes for a model
+    saved without those distances)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -86,20 +89,27 @@ def render_overview(rows: list[dict], path: Path, title: str) -> Path:
         ax.axis("off")
         cax = fig.add_subplot(gs[r, 3])
         fig.colorbar(im, cax=cax, label="confidence")
-        emb = np.asarray(row["embedding"])
-        if r == 0:
-            ref = np.asarray(row["reference"])
-            ax_map.scatter(ref[:, 0], ref[:, 1], s=6, c="lightgray", label="training slices")
-        ax_map.scatter(emb[:, 0], emb[:, 1], s=10, c=colors[r % len(colors)], label=row["case"])
+    validities = [row["validity"] for row in rows]
+    if all(v.distances_2d is not None for v in validities):
+        draw_distance_map(ax_map, validities[0].threshold,
+                          [(v.distances_2d, row["case"], colors[r % len(colors)], v.score) for r, (v, row) in
+                           enumerate(zip(validities, rows))], validities[0].reference_distances, fontsize=10)
+        ax_map.set_title("Distance to the styles the model learned (dots: slices, stars: volumes)\n"
+                         "a star above the dashed line = outside the model's competence", fontsize=10)
+    else:  # a model saved before the two distances existed
+        ref = np.asarray(validities[0].reference_2d)
+        ax_map.scatter(ref[:, 0], ref[:, 1], s=6, c="lightgray", label="training slices")
+        for r, v in enumerate(validities):
+            emb = np.asarray(v.embedding_2d)
+            ax_map.scatter(emb[:, 0], emb[:, 1], s=10, c=colors[r % len(colors)], label=rows[r]["case"])
+        ax_map.set_title("Style manifold (PCA of style codes)", fontsize=10)
+        ax_map.set_xlabel("PC 1")
+        ax_map.set_ylabel("PC 2")
     for t in rows[0]["label_table"]:
         ax_map.scatter([], [], marker="s", c=[t.color], label=t.name)
-    ax_map.set_title("Style manifold (PCA of style codes)\nfar from the grey cloud = outside the model's competence",
-                     fontsize=10)
-    ax_map.legend(fontsize=8, loc="best")
-    ax_map.set_xlabel("PC 1")
+    ax_map.legend(fontsize=8, loc="best", markerscale=0.7)
     ax_map.yaxis.tick_right()  # keep the ticks clear of the confidence colour bars on the left
     ax_map.yaxis.set_label_position("right")
-    ax_map.set_ylabel("PC 2")
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path
@@ -138,8 +148,7 @@ def run_demo(args: argparse.Namespace) -> int:
         s = int(np.argmax((lab_c > 0).reshape(lab_c.shape[0], -1).sum(1))) if lab_c.any() else lab_c.shape[0] // 2
         rows.append({"case": case, "desc": desc, "image": reo.forward(volume.array)[s],
                      "labels": lab_c[s], "confidence": reo.forward(result.confidence.array)[s],
-                     "label_table": result.label_table, "report": result.report(),
-                     "embedding": result.validity.embedding_2d, "reference": result.validity.reference_2d})
+                     "label_table": result.label_table, "report": result.report(), "validity": result.validity})
     try:
         render_overview(rows, overview, f"GASE demo - {card.title}")
     except OSError as exc:

@@ -354,7 +354,8 @@ def _checked_manifold(tensors: dict, n_features: int, folder) -> StyleManifold:
         m = StyleManifold.from_tensors(tensors)
         k = m.components.shape[0]
         ok = (m.mean.shape == m.std.shape == (n_features,) and m.components.shape == (k, n_features)
-              and m.precision.shape == (k, k) and m.reference_2d.ndim == 2 and m.reference_2d.shape[1] == 2)
+              and m.precision.shape == (k, k) and m.reference_2d.ndim == 2 and m.reference_2d.shape[1] == 2
+              and (m.reference_distances is None or m.reference_distances.shape == m.reference_2d.shape))
     except (KeyError, IndexError, ValueError, TypeError, AttributeError) as exc:
         raise ModelError(f"{folder}: validity.safetensors is incomplete ({exc!r}). The model folder is damaged; "
                          "re-install the model.") from None
@@ -529,11 +530,13 @@ class Predictor:
                 sums[0, lab.value] -= c
                 sums[0, 0] += n - c
         conf_sum = sums[0]
-        slice_scores, emb2d = self.manifold.score(features)
+        distances, emb2d = self.manifold.distances(features)
+        slice_scores = distances.mean(axis=1)
         vscore = volume_score(slice_scores, np.asarray(content))
         threshold = float(self.card.validity["threshold"])
         validity = Validity(valid=bool(vscore <= threshold), score=vscore, threshold=threshold,
-                            slice_scores=slice_scores, embedding_2d=emb2d, reference_2d=self.manifold.reference_2d)
+                            slice_scores=slice_scores, embedding_2d=emb2d, reference_2d=self.manifold.reference_2d,
+                            distances_2d=distances, reference_distances=self.manifold.reference_distances)
         per_label = {}
         for lab in self.card.labels:
             per_label[lab.name] = float(conf_sum[lab.value] / counts[lab.value]) if counts[lab.value] else float("nan")
@@ -544,7 +547,10 @@ class Predictor:
         dice_overall = float(np.mean(finite)) if finite else float("nan")
         progress(1.0, "done")
         extra = {"manifold": {"embedding_2d": np.round(emb2d, 3).tolist(),
-                              "reference_2d": np.round(self.manifold.reference_2d, 3).tolist()}}
+                              "reference_2d": np.round(self.manifold.reference_2d, 3).tolist(),
+                              "distances_2d": np.round(distances, 3).tolist()}}
+        if self.manifold.reference_distances is not None:
+            extra["manifold"]["reference_distances"] = np.round(self.manifold.reference_distances, 3).tolist()
         if self.card.largest_component_labels:
             extra["postprocessing"] = {"kept_largest_component": [lab.name for lab in self.card.largest_component_labels],
                                        "removed_voxels": removed,

@@ -37,7 +37,10 @@ class Validity:
     ``score`` is the volume's distance to the manifold (higher = further away); the input is ``valid``
     when ``score <= threshold``. ``slice_scores`` (S,) float32 are per canonical slice (NaN where a slice
     was skipped as empty). ``embedding_2d`` (S, 2) are the slices' positions on the manifold map
-    (PCA of style codes), for the manifold picture; ``reference_2d`` (N, 2) the training slices'.
+    (PCA of style codes); ``reference_2d`` (N, 2) the training slices'. ``distances_2d`` (S, 2) are
+    the slices' two distances to the manifold [within its subspace, off it] whose mean is the slice score,
+    and ``reference_distances`` (N, 2) the training slices' (None for older models): the axes of the
+    picture that explains the verdict (:mod:`gase.validity`).
     """
 
     valid: bool
@@ -46,6 +49,8 @@ class Validity:
     slice_scores: np.ndarray
     embedding_2d: np.ndarray | None = None
     reference_2d: np.ndarray | None = None
+    distances_2d: np.ndarray | None = None
+    reference_distances: np.ndarray | None = None
 
     @property
     def verdict(self) -> str:

@@ -7,6 +7,12 @@ PCA subspace of the standardised training features, with Ledoit-Wolf shrinkage o
 inside the subspace with its distance off the subspace (reconstruction residual), both normalised
 so that training slices score about 1. A volume's score is the median over slices with content;
 the threshold is calibrated on held-out training-domain volumes.
+
+The two distances (:meth:`StyleManifold.distances`) are also the axes of the picture that explains a
+verdict: a slice's score is their mean, so "valid" is the region below the line within + off =
+2 x threshold. The first two PCA coordinates (``reference_2d``, the benchmark's style-manifold plot)
+do not show the off-subspace part, where inputs of another modality mostly differ: a CT-like knee
+lies inside the training cloud there although its score is above the threshold.
 """
 from __future__ import annotations
 
@@ -20,7 +26,9 @@ from sklearn.covariance import ledoit_wolf
 @dataclass
 class StyleManifold:
     """Fitted statistics, all float32 numpy: ``mean``/``std`` (F,), ``components`` (k, F),
-    ``precision`` (k, k), ``resid_scale`` and ``maha_scale`` scalars, ``reference_2d`` (N, 2)."""
+    ``precision`` (k, k), ``resid_scale`` and ``maha_scale`` scalars, ``reference_2d`` (N, 2) the first two
+    PCA coordinates of up to 400 training slices and ``reference_distances`` (N, 2) the same slices'
+    :meth:`distances` (None for models saved before 2026-11-28)."""
 
     mean: np.ndarray
     std: np.ndarray
@@ -29,6 +37,7 @@ class StyleManifold:
     maha_scale: float
     resid_scale: float
     reference_2d: np.ndarray
+    reference_distances: np.ndarray | None = None
 
     @staticmethod
     def fit(features: np.ndarray, k: int = 24, max_reference: int = 400, seed: int = 0) -> "StyleManifold":
@@ -47,36 +56,49 @@ class StyleManifold:
         resid = np.linalg.norm(z - p @ comps, axis=1) ** 2 / max(1, z.shape[1] - k)
         rng = np.random.default_rng(seed)
         idx = rng.permutation(len(p))[:max_reference]
+        maha_scale, resid_scale = float(np.median(maha) + 1e-6), float(np.median(resid) + 1e-6)
+        reference_distances = np.stack([maha[idx] / maha_scale, resid[idx] / resid_scale], axis=1)
         return StyleManifold(mean.astype(np.float32), std.astype(np.float32), comps.astype(np.float32),
-                             precision.astype(np.float32), float(np.median(maha) + 1e-6),
-                             float(np.median(resid) + 1e-6), p[idx, :2].astype(np.float32))
+                             precision.astype(np.float32), maha_scale, resid_scale, p[idx, :2].astype(np.float32),
+                             reference_distances.astype(np.float32))
 
     def project(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         z = (np.asarray(features, dtype=np.float32) - self.mean) / self.std
         p = z @ self.components.T
         return z, p
 
-    def score(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per-slice scores (N,) (about 1 on training slices; larger = further away) and 2D map coords (N, 2)."""
+    def distances(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-slice (N, 2) distances [within the PCA subspace (Mahalanobis), off it (residual)], each about 1
+        on training slices, and the first two PCA coordinates (N, 2) for the style-manifold map."""
         z, p = self.project(features)
         k = p.shape[1]
         maha = np.einsum("nd,de,ne->n", p, self.precision, p) / k / self.maha_scale
         resid = np.linalg.norm(z - p @ self.components, axis=1) ** 2 / max(1, z.shape[1] - k) / self.resid_scale
-        return (0.5 * (maha + resid)).astype(np.float32), p[:, :2].astype(np.float32)
+        return np.stack([maha, resid], axis=1).astype(np.float32), p[:, :2].astype(np.float32)
+
+    def score(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-slice scores (N,) (about 1 on training slices; larger = further away) and 2D map coords (N, 2)."""
+        dist, p2 = self.distances(features)
+        return dist.mean(axis=1), p2
 
     # ---- persistence (safetensors-compatible dict of tensors) ----
     def to_tensors(self) -> dict[str, torch.Tensor]:
-        return {"mean": torch.from_numpy(self.mean), "std": torch.from_numpy(self.std),
-                "components": torch.from_numpy(self.components), "precision": torch.from_numpy(self.precision),
-                "scales": torch.tensor([self.maha_scale, self.resid_scale], dtype=torch.float32),
-                "reference_2d": torch.from_numpy(np.ascontiguousarray(self.reference_2d))}
+        t = {"mean": torch.from_numpy(self.mean), "std": torch.from_numpy(self.std),
+             "components": torch.from_numpy(self.components), "precision": torch.from_numpy(self.precision),
+             "scales": torch.tensor([self.maha_scale, self.resid_scale], dtype=torch.float32),
+             "reference_2d": torch.from_numpy(np.ascontiguousarray(self.reference_2d))}
+        if self.reference_distances is not None:
+            t["reference_distances"] = torch.from_numpy(np.ascontiguousarray(self.reference_distances, dtype=np.float32))
+        return t
 
     @staticmethod
     def from_tensors(t: dict[str, torch.Tensor]) -> "StyleManifold":
         s = t["scales"].float().numpy()
+        ref_dist = t.get("reference_distances")
         return StyleManifold(t["mean"].float().numpy(), t["std"].float().numpy(), t["components"].float().numpy(),
                              t["precision"].float().numpy(), float(s[0]), float(s[1]),
-                             t["reference_2d"].float().numpy())
+                             t["reference_2d"].float().numpy(),
+                             None if ref_dist is None else ref_dist.float().numpy())
 
 
 def volume_score(slice_scores: np.ndarray, content: np.ndarray) -> float:

@@ -314,8 +314,8 @@ def _validity_json(validity: Validity) -> dict:
         return None if a is None else np.round(np.asarray(a, dtype=np.float64), 4).tolist()
 
     data = validity.to_json()
-    data["embedding_2d"] = points(validity.embedding_2d)
-    data["reference_2d"] = points(validity.reference_2d)
+    for key in ("embedding_2d", "reference_2d", "distances_2d", "reference_distances"):
+        data[key] = points(getattr(validity, key))
     return data
 
 
@@ -325,4 +325,5 @@ def _validity_from_json(data: dict) -> Validity:
 
     scores = np.asarray([np.nan if s is None else s for s in data.get("slice_scores", [])], dtype=np.float32)
     return Validity(bool(data["valid"]), float(data["score"]), float(data["threshold"]), scores,
-                    points(data.get("embedding_2d")), points(data.get("reference_2d")))
+                    points(data.get("embedding_2d")), points(data.get("reference_2d")),
+                    points(data.get("distances_2d")), points(data.get("reference_distances")))

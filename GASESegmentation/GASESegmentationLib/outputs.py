@@ -37,7 +37,9 @@ def validity_from_report(report: dict) -> Validity:
     return Validity(valid=bool(v["valid"]), score=float(v["score"]), threshold=float(v["threshold"]),
                     slice_scores=_floats(v.get("slice_scores")),
                     embedding_2d=_points(manifold.get("embedding_2d")),
-                    reference_2d=_points(manifold.get("reference_2d")))
+                    reference_2d=_points(manifold.get("reference_2d")),
+                    distances_2d=_points(manifold.get("distances_2d")),
+                    reference_distances=_points(manifold.get("reference_distances")))
 
 
 def load_result(outputs: JobOutputs, grid: np.ndarray | None = None) -> SegmentationResult:

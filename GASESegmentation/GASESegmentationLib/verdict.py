@@ -17,9 +17,7 @@ import html
 from dataclasses import dataclass
 
 from gase.result import Validity
-
-VALID_RGB = (0.18, 0.62, 0.25)     # green
-INVALID_RGB = (0.85, 0.20, 0.12)   # red
+from gase.validity_map import INVALID_RGB, VALID_RGB
 
 
 @dataclass(frozen=True)
