@@ -13,6 +13,7 @@ import numpy as np
 
 from gase.orientation import reorientation_for
 from gase.predictor import Predictor
+from gase.validity_map import volume_point
 
 from .data import AnatomyData, Case
 from .metrics import dice_hd95, near_structures
@@ -78,8 +79,10 @@ def evaluate_model(predictor: Predictor, data: AnatomyData, method: str, panel_k
     values = tuple(t.value for t in card.labels)
     names = {t.value: t.name for t in card.labels}
     log_k = math.log(card.n_classes)
+    ref_dist = predictor.manifold.reference_distances
     ev = ModelEvaluation(manifold={"reference_2d": np.asarray(predictor.manifold.reference_2d).round(3).tolist(),
-                                   "volumes": []})
+                                   "reference_distances": None if ref_dist is None else np.asarray(ref_dist).round(3).tolist(),
+                                   "threshold": float(card.validity["threshold"]), "volumes": []})
     pending: list[tuple[dict, Future | dict, bool]] = []
     for n, case in enumerate(data.test + data.ood):
         res = predictor.predict(case.image, return_probabilities=True)
@@ -94,8 +97,10 @@ def evaluate_model(predictor: Predictor, data: AnatomyData, method: str, panel_k
                                "confidence": res.reliability_overall, "msp": _fg_mean(probs["msp"], fg),
                                "entropy": 1.0 - _fg_mean(ent, fg)},
                "validity": {"score": float(v.score), "valid": bool(v.valid), "threshold": float(v.threshold)}}
+        star = volume_point(v.distances_2d, v.score) if v.distances_2d is not None else None
         ev.manifold["volumes"].append({"group": case.group, "kind": case.kind, "case": case.name,
-                                       "points": np.asarray(v.embedding_2d).round(3).tolist()})
+                                       "points": np.asarray(v.embedding_2d).round(3).tolist(),
+                                       "distances": None if star is None else np.round(star, 3).tolist()})
         if case.labels is None:
             ev.records.append(rec)
             continue

@@ -15,6 +15,8 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
+from gase.validity_map import draw_accepted_region  # noqa: E402
+
 DPI = 100
 METHOD_COLORS = {"erm": "#8c8c8c", "randcurve": "#4c72b0", "gase": "#dd5d2a"}
 METHOD_LINES = {"erm": ":", "randcurve": "--", "gase": "-"}
@@ -192,13 +194,48 @@ def validity(res: dict, out: Path) -> Path:
     return _save(fig, out / "validity.png")
 
 
+def _has_distances(man: dict) -> bool:
+    return bool(man.get("reference_distances")) and all(v.get("distances") for v in man["volumes"])
+
+
+def _distance_map(ax, name: str, method: str, a: dict, man: dict) -> None:
+    """One marker per test volume at its place on the validity distance map (:mod:`gase.validity_map`)."""
+    threshold = float(man["threshold"])
+    ref = np.asarray(man["reference_distances"], dtype=np.float64).reshape(-1, 2)
+    pts = np.asarray([v["distances"] for v in man["volumes"]], dtype=np.float64).reshape(-1, 2)
+    log = draw_accepted_region(ax, threshold, np.concatenate([ref, pts]))
+    ax.scatter(ref[:, 0], ref[:, 1], s=6, color="#bdbdbd", linewidths=0, label="training slices", zorder=1)
+    colors = _style_colors(a["unseen_styles"])
+    seen = set()
+    for v in man["volumes"]:
+        if v["group"] == "ood":
+            kw = dict(color=OOD_COLOR, marker=OOD_MARKERS.get(v["kind"], "x"), s=40)
+            lab = f"OOD: {v['kind']}"
+        else:
+            kw = dict(color=SOURCE_COLOR if v["group"] == "source" else colors.get(v["kind"]), marker="o", s=30)
+            lab = f"{v['kind']} (source)" if v["group"] == "source" else f"{v['kind']} (unseen)"
+        p = v["distances"]
+        ax.scatter([p[0]], [p[1]], label=None if lab in seen else lab, alpha=0.85, linewidths=0, zorder=3, **kw)
+        seen.add(lab)
+    ax.set_xlabel("distance within the learned styles" + (" (log)" if log else ""))
+    ax.set_ylabel("distance off the learned styles" + (" (log)" if log else ""))
+    ax.set_title(f"{name}: validity of each test volume ({METHOD_SHORT.get(method, method)} model)\n"
+                 "below the dashed line = accepted; grey = training slices", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+
+
 def style_manifold(res: dict, out: Path) -> Path:
-    """Slices on the first two principal axes of the style manifold; the frame spans the bulk of the
-    points, and points beyond it are drawn on its edge (hollow), so far outliers do not squash the rest."""
+    """Top: slices on the first two principal axes of the style manifold; the frame spans the bulk of the
+    points, and points beyond it are drawn on its edge (hollow), so far outliers do not squash the rest.
+    Bottom (results that have them): each test volume on the validity distance map, whose threshold line
+    is the verdict (the PCA plane leaves out the off-subspace distance, where many OOD inputs differ)."""
     anats = res["anatomies"]
-    fig, axes = plt.subplots(1, len(anats), figsize=(6.6 * len(anats), 5.6), squeeze=False)
+    models = {name: ("gase" if "gase" in a["methods"] else list(a["methods"])[-1]) for name, a in anats.items()}
+    with_map = all(_has_distances(a["methods"][models[name]]["manifold"]) for name, a in anats.items())
+    rows = 2 if with_map else 1
+    fig, axes = plt.subplots(rows, len(anats), figsize=(6.6 * len(anats), 5.6 * rows), squeeze=False)
     for ax, (name, a) in zip(axes[0], anats.items()):
-        m = "gase" if "gase" in a["methods"] else list(a["methods"])[-1]
+        m = models[name]
         man = a["methods"][m]["manifold"]
         ref = np.asarray(man["reference_2d"]).reshape(-1, 2)
         allp = np.concatenate([ref] + [np.asarray(v["points"]).reshape(-1, 2) for v in man["volumes"]])
@@ -235,6 +272,9 @@ def style_manifold(res: dict, out: Path) -> Path:
         ax.set_title(f"{name}: style manifold of the {METHOD_SHORT.get(m, m)} model\n(one dot per slice; "
                      "hollow on the edge = further out)", fontsize=10)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, markerscale=1.4)
+    if with_map:
+        for ax, (name, a) in zip(axes[1], anats.items()):
+            _distance_map(ax, name, models[name], a, a["methods"][models[name]]["manifold"])
     fig.tight_layout()
     return _save(fig, out / "style_manifold.png")
 

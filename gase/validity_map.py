@@ -34,23 +34,17 @@ def volume_point(distances: np.ndarray, score: float) -> np.ndarray | None:
     return m * (float(score) / m.mean()) if m.mean() > 0 else np.array([score, score], dtype=np.float64)
 
 
-def draw_distance_map(ax, threshold: float, cases: Sequence[tuple[np.ndarray, str, object, float]],
-                      reference: np.ndarray | None = None, *, fontsize: float = 8.0) -> None:
-    """Draw on matplotlib ``ax``: the accepted region, the threshold line, the training slices
-    (``reference``, (N, 2); omitted when None) and for each case ``(distances (S, 2), label, colour,
-    volume score)`` its slices (small dots) and the volume (a star, :func:`volume_point`). A colour of None
-    colours each slice by its own verdict and the star by the volume's (green within, red beyond)."""
+def draw_accepted_region(ax, threshold: float, points: np.ndarray) -> bool:
+    """Axes of the distance map sized to ``points`` (N, 2), the accepted region (green) and the threshold
+    line within + off = 2 x threshold; the axes are logarithmic (returns True) when a point lies beyond
+    ``LOG_ABOVE`` thresholds."""
     t2 = 2.0 * float(threshold)
-    points = [np.asarray(d, dtype=np.float64).reshape(-1, 2) for d, _, _, _ in cases]
-    points = [p[np.isfinite(p).all(axis=1)] for p in points]
-    stars = [volume_point(d, score) for d, _, _, score in cases]
-    everything = np.concatenate(points + [s[None] for s in stars if s is not None] +
-                                ([np.asarray(reference, np.float64).reshape(-1, 2)] if reference is not None else []) +
-                                [np.zeros((0, 2))])
-    top = max(1.15 * t2, float(everything.max()) * 1.1 if everything.size else 0.0)
-    log = everything.size > 0 and float(everything.max()) > LOG_ABOVE * threshold
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    pts = pts[np.isfinite(pts).all(axis=1)]
+    top = max(1.15 * t2, float(pts.max()) * 1.1 if pts.size else 0.0)
+    log = pts.size > 0 and float(pts.max()) > LOG_ABOVE * threshold
     if log:
-        low = max(1e-3, float(everything[everything > 0].min()) / 1.5) if (everything > 0).any() else 1e-2
+        low = max(1e-3, float(pts[pts > 0].min()) / 1.5) if (pts > 0).any() else 1e-2
         low = min(low, 0.1 * threshold)
         xs = np.geomspace(low, t2 - low, 400)
         ax.set_xscale("log")
@@ -65,6 +59,22 @@ def draw_distance_map(ax, threshold: float, cases: Sequence[tuple[np.ndarray, st
     ax.fill_between(xs, np.maximum(line, ax.get_ylim()[0]), ax.get_ylim()[0], color=VALID_RGB, alpha=0.12,
                     linewidth=0, label="accepted region")
     ax.plot(xs, line, "--", color="black", linewidth=1, label=f"threshold {threshold:.2f}")
+    return log
+
+
+def draw_distance_map(ax, threshold: float, cases: Sequence[tuple[np.ndarray, str, object, float]],
+                      reference: np.ndarray | None = None, *, fontsize: float = 8.0) -> None:
+    """Draw on matplotlib ``ax``: the accepted region, the threshold line, the training slices
+    (``reference``, (N, 2); omitted when None) and for each case ``(distances (S, 2), label, colour,
+    volume score)`` its slices (small dots) and the volume (a star, :func:`volume_point`). A colour of None
+    colours each slice by its own verdict and the star by the volume's (green within, red beyond)."""
+    points = [np.asarray(d, dtype=np.float64).reshape(-1, 2) for d, _, _, _ in cases]
+    points = [p[np.isfinite(p).all(axis=1)] for p in points]
+    stars = [volume_point(d, score) for d, _, _, score in cases]
+    everything = np.concatenate(points + [s[None] for s in stars if s is not None] +
+                                ([np.asarray(reference, np.float64).reshape(-1, 2)] if reference is not None else []) +
+                                [np.zeros((0, 2))])
+    log = draw_accepted_region(ax, threshold, everything)
     if reference is not None and len(reference):
         ref = np.asarray(reference, dtype=np.float64)
         ax.scatter(ref[:, 0], ref[:, 1], s=6, c="0.6", alpha=0.6, linewidths=0, label="training slices")
