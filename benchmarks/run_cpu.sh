@@ -5,6 +5,7 @@
 #
 #   ITERATIONS=1000 bash benchmarks/run_cpu.sh [OUT_DIR]
 #   REUSE=1 ITERATIONS=1000 bash benchmarks/run_cpu.sh [OUT_DIR]   # evaluate OUT_DIR's models again, no training
+#   TRAIN_SEED=1 ITERATIONS=1000 bash benchmarks/run_cpu.sh [OUT_DIR] # same data, another training seed
 #
 # OUT_DIR (default benchmarks/results/cpu) receives knee/, pelvis/ (each a complete run with its
 # run.log and models/) and the merged results at its top. Same protocol as run_full.sh (6 test subjects
@@ -17,14 +18,15 @@ PY=${PYTHON:-}
 if [ -z "$PY" ]; then if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi; fi
 mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
-reuse=()
-if [ "${REUSE:-0}" = 1 ]; then reuse+=(--reuse-models); fi
+extra=()
+if [ "${REUSE:-0}" = 1 ]; then extra+=(--reuse-models); fi
+if [ -n "${TRAIN_SEED:-}" ]; then extra+=(--train-seed "$TRAIN_SEED"); fi
 pids=()
 for anatomy in knee pelvis; do
   mkdir -p "$OUT_DIR/$anatomy"
   "$PY" -m benchmarks.dg_benchmark --out "$OUT_DIR/$anatomy" --anatomy "$anatomy" \
     --methods erm randcurve gase --device cpu --iterations "$ITERATIONS" --threads 1 --workers 0 \
-    --test-subjects 6 --ood-subjects 3 --overwrite "${reuse[@]}" > "$OUT_DIR/$anatomy/run.log" 2>&1 &
+    --test-subjects 6 --ood-subjects 3 --overwrite "${extra[@]}" > "$OUT_DIR/$anatomy/run.log" 2>&1 &
   pids+=($!)
 done
 status=0
