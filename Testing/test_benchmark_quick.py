@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -104,10 +105,18 @@ def test_reuse_models_reevaluates_without_training(quick_run, tmp_path):
     from gase.errors import InputError
 
     out, res = quick_run
+    models = tmp_path / "models"
+    shutil.copytree(out / "models", models)
+    # a model from before validity.training_foreground_ml gets it from the run's training labels
+    card_path = models / "knee-gase" / "model.json"
+    card = json.loads(card_path.read_text())
+    written = card["validity"].pop("training_foreground_ml")
+    card_path.write_text(json.dumps(card))
     again = tmp_path / "again"
     args = ["--quick", "--anatomy", "knee", "--out", str(again), "--device", "cpu", "--threads", "1",
-            "--models-dir", str(out / "models"), "--reuse-models"]
+            "--models-dir", str(models), "--reuse-models"]
     main(args)
+    assert json.loads(card_path.read_text())["validity"]["training_foreground_ml"] == written
     res2 = json.loads((again / "results.json").read_text())
     assert not any(k.startswith("train ") for k in res2["meta"]["wall_s"])
     assert res2["meta"]["training"]["knee/gase"]["seconds"] == res["meta"]["training"]["knee/gase"]["seconds"]

@@ -42,6 +42,19 @@ def test_not_knee_mr_is_flagged_invalid(demo, kind):
     assert res.validity.score > res.validity.threshold
 
 
+def test_a_pelvis_is_outside_the_knee_models_competence_by_what_it_segments(demo):
+    """Other anatomy (make_ood "other_anatomy": a pelvis phantom): the knee model paints bone over much of
+    it, several times the structures of any training knee; the report says so."""
+    res = demo.predict(make_ood("other_anatomy", "knee", 4244))
+    v = res.validity
+    assert not v.valid and not v.size_valid, v.to_json()
+    assert v.foreground_ratio > v.foreground_limit
+    assert any("another anatomy" in r for r in res.report()["validity"]["reasons"])
+    # a knee of the source style is nowhere near the limit
+    knee = demo.predict(make_case("knee", SOURCE_STYLE["knee"], 4245)[0]).validity
+    assert knee.size_valid and knee.foreground_ratio < 1.6
+
+
 def test_gase_demo_writes_outputs_and_overview(tmp_path, capsys):
     from gase.cli import main
 

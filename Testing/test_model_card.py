@@ -121,8 +121,9 @@ def test_load_tensors_never_unpickles(tiny_model):
     (lambda c: c["validity"].__setitem__("threshold", float("inf")), "threshold must be a positive number"),
     (lambda c: c.__setitem__("confidence_calibration", {"scale": float("nan"), "bias": 0.0}), "finite numbers"),
     (lambda c: c.__setitem__("input_spacing_mm", float("nan")), "not a plausible spacing"),
+    (lambda c: c["validity"].__setitem__("training_foreground_ml", -3.0), "training_foreground_ml must be a positive"),
 ], ids=["huge_layer", "string_width", "no_encoder_layers", "zero_style_dim", "low_above_high", "string_percentile",
-        "reversed_clip", "infinite_threshold", "nan_calibration", "nan_spacing"])
+        "reversed_clip", "infinite_threshold", "nan_calibration", "nan_spacing", "negative_foreground"])
 def test_card_values_are_bounded_before_anything_is_built(tiny_model, tmp_path, mutate, message):
     """Widths and numbers a network would be built from are checked against the schema's bounds first."""
     m = _copy(tiny_model, tmp_path)

@@ -115,3 +115,25 @@ def test_validity_distances_explain_the_score(predictor, knee_cases):
     report = result.report()
     assert np.asarray(report["manifold"]["distances_2d"]).shape == v.distances_2d.shape
     assert np.asarray(report["manifold"]["reference_distances"]).shape == ref.shape
+
+
+def test_structures_far_larger_than_in_training_make_the_input_invalid(predictor, knee_cases):
+    """The card's largest training total (mL of labelled structures) bounds what a valid input may show."""
+    img, lab = knee_cases[4]
+    card_fg = predictor.card.validity["training_foreground_ml"]
+    largest = max(float(np.count_nonzero(l.array)) * float(np.prod(i.spacing)) / 1000 for i, l in knee_cases[:4])
+    assert card_fg == pytest.approx(largest, rel=1e-3)  # train + val maps of the tiny model (cases 0-3)
+    normal = predictor.predict(img).validity
+    assert normal.foreground_ml > 0 and normal.training_foreground_ml == card_fg
+    try:
+        predictor.card.validity["training_foreground_ml"] = normal.foreground_ml / 2.4  # (the tiny model over-
+        assert predictor.predict(img).validity.size_valid                              # segments: sizes set here)
+        predictor.card.validity["training_foreground_ml"] = normal.foreground_ml / 3.5
+        shrunk = predictor.predict(img).validity
+        assert not shrunk.valid and not shrunk.size_valid
+        assert shrunk.score == pytest.approx(normal.score)
+        assert any("3.5x the largest total" in r for r in shrunk.reasons())
+        del predictor.card.validity["training_foreground_ml"]  # a model saved before the check
+        assert predictor.predict(img).validity.foreground_ratio is None
+    finally:
+        predictor.card.validity["training_foreground_ml"] = card_fg

@@ -30,6 +30,29 @@ def test_valid_and_invalid_texts():
     assert Verdict.from_json(report) == Verdict(False, 3.5, 2.0, None)
 
 
+def test_a_familiar_style_with_far_too_much_anatomy_is_outside_the_competence():
+    """A knee model given a pelvis can find its MR style familiar and still paint bone all over it."""
+    from GASESegmentationLib.verdict import Verdict
+
+    validity = Validity(False, 1.9, 2.0, np.zeros(3), foreground_ml=1432.0, training_foreground_ml=388.0)
+    assert validity.style_valid and not validity.size_valid
+    assert validity.foreground_ratio == pytest.approx(3.69, abs=0.01)
+    (reason,) = validity.reasons()
+    assert "1432 mL, 3.7x the largest total in its training label maps (388 mL; limit 2.5x)" in reason
+    assert validity.to_json()["foreground_ratio"] == pytest.approx(3.691, abs=1e-3)
+    verdict = Verdict.from_validity(validity)
+    assert verdict.slice_view_text() == ("GASE: OUTSIDE the model's competence\n"
+                                         "structures 3.7x training size (> 2.5x): do not trust this result")
+    assert "score 1.90 &lt;= threshold 2.00, structures 3.7x training size &gt; 2.5x" in verdict.banner_html()
+    assert "another anatomy" in verdict.explanation()
+    assert Verdict.from_json({"validity": validity.to_json()}).slice_view_text() == verdict.slice_view_text()
+    # within the limit, or a model that does not know its training size: only the style decides
+    assert Validity(True, 1.9, 2.0, np.zeros(3), foreground_ml=900.0, training_foreground_ml=388.0).size_valid
+    assert Validity(True, 1.9, 2.0, np.zeros(3), foreground_ml=9000.0).size_valid
+    assert Validity(False, 2.5, 2.0, np.zeros(3)).reasons() == [
+        "its image style is far from every image the model learned from (distance 2.50 > threshold 2.00)"]
+
+
 def _png(path):
     import vtk
     from vtk.util import numpy_support

@@ -185,6 +185,7 @@ def run(cfg: BenchConfig) -> dict:
                 folder = (cfg.models_dir or cfg.out / "models") / f"{a}-{m}"
                 if cfg.reuse_models:
                     trained[f"{a}/{m}"] = reused[f"{a}/{m}"]
+                    upgrade_reused_card(folder, training_pairs(d.train) + training_pairs(d.val))
                 else:
                     with stage(cfg, f"train {a}/{m}"):
                         tr = train(training_pairs(d.train), training_pairs(d.val), table, folder,
@@ -250,6 +251,20 @@ def reused_training(folder: Path, want: TrainConfig) -> dict:
                          "--reuse-models to train it again with these.")
     return {"iterations": int(record["iterations"]), "seconds": float(record["seconds"]),
             "val_dice": (card.get("metrics") or {}).get("validation_dice", {}), "reused_from": str(folder)}
+
+
+def upgrade_reused_card(folder: Path, pairs) -> None:
+    """Give an earlier run's model the card fields training writes now, from this run's own training pairs
+    (the same data, checked by :func:`reused_training`): ``validity.training_foreground_ml`` (2026-11-28)."""
+    from gase.model_card import load_card, write_card
+    from gase.validity import largest_foreground_ml
+
+    card = load_card(folder)
+    if "training_foreground_ml" not in card.validity:
+        card.validity["training_foreground_ml"] = round(largest_foreground_ml(pairs), 2)
+        write_card(card, folder)
+        print(f"  {folder.name}: card given validity.training_foreground_ml = "
+              f"{card.validity['training_foreground_ml']} (from the training labels)", flush=True)
 
 
 def _git_commit() -> str:

@@ -83,8 +83,11 @@ def render_overview(rows: list[dict], path: Path, title: str) -> Path:
         ax = fig.add_subplot(gs[r, 2])
         ax.imshow(img, cmap="gray")
         im = ax.imshow(np.ma.masked_where(conf > 0.999, conf), cmap="inferno", vmin=0, vmax=1, alpha=0.85)
+        size = "" if v.get("foreground_ratio") is None or v["foreground_ratio"] <= v["foreground_limit"] else \
+            f"\nstructures {v['foreground_ratio']:.1f}x the training size (> {v['foreground_limit']:g}x)"
         ax.set_title(("VALID" if ok else "OUTSIDE THE MODEL'S COMPETENCE") +
-                     f"\nscore {v['score']:.2f} {'<=' if ok else '>'} threshold {v['threshold']:.2f}",
+                     f"\nscore {v['score']:.2f} {'<=' if v['score'] <= v['threshold'] else '>'} threshold "
+                     f"{v['threshold']:.2f}" + size,
                      fontsize=9, color="darkgreen" if ok else "red", fontweight="bold")
         ax.axis("off")
         cax = fig.add_subplot(gs[r, 3])
@@ -143,6 +146,8 @@ def run_demo(args: argparse.Namespace) -> int:
         dice = f"expected Dice {result.expected_dice_overall:.2f}" if v.valid else "no Dice estimate    "
         print(f"  {case:22s} {'VALID' if v.valid else 'NOT VALID':9s} score {v.score:7.2f} (threshold {v.threshold:.2f})"
               f"  {dice}  {result.seconds:.1f} s  -> {paths['segmentation'].name}")
+        for reason in v.reasons():
+            print(f"  {'':22s} why: {reason}")
         reo = reorientation_for(volume, card.plane)
         lab_c = reo.forward(result.labels.array)
         s = int(np.argmax((lab_c > 0).reshape(lab_c.shape[0], -1).sum(1))) if lab_c.any() else lab_c.shape[0] // 2

@@ -186,6 +186,10 @@ def parse_card(data: Any, folder: Path | None = None) -> ModelCard:
     threshold = data["validity"].get("threshold")
     if not _number(threshold) or not threshold > 0:
         raise ModelError(f"{where}: validity.threshold must be a positive number (the calibrated threshold).")
+    fg = data["validity"].get("training_foreground_ml")
+    if fg is not None and (not _number(fg) or not fg > 0):
+        raise ModelError(f"{where}: validity.training_foreground_ml must be a positive number (mL of the largest "
+                         "training label map's structures).")
     arch = data["architecture"]
     if not isinstance(arch.get("segmenter_channels"), list) or not isinstance(arch.get("style_dim"), int):
         raise ModelError(f"{where}: architecture needs segmenter_channels (list) and style_dim (int).")

@@ -518,6 +518,8 @@ class Predictor:
         if nonfinite:
             raise InputError(f"The image contains {nonfinite} NaN or infinite voxel values. Fix or mask them "
                              "(e.g. replace with 0) before segmenting.")
+        voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+        foreground_ml = float(counts[1:].sum()) * voxel_ml  # as the network segmented it, before post-processing
         removed = {}
         for lab in self.card.largest_component_labels:  # learned from the training labels (gase.postprocess)
             n, c = keep_largest_component(labels_out, conf_out, lab.value)
@@ -534,9 +536,13 @@ class Predictor:
         slice_scores = distances.mean(axis=1)
         vscore = volume_score(slice_scores, np.asarray(content))
         threshold = float(self.card.validity["threshold"])
-        validity = Validity(valid=bool(vscore <= threshold), score=vscore, threshold=threshold,
+        trained_fg = self.card.validity.get("training_foreground_ml")
+        validity = Validity(valid=False, score=vscore, threshold=threshold,
                             slice_scores=slice_scores, embedding_2d=emb2d, reference_2d=self.manifold.reference_2d,
-                            distances_2d=distances, reference_distances=self.manifold.reference_distances)
+                            distances_2d=distances, reference_distances=self.manifold.reference_distances,
+                            foreground_ml=foreground_ml,
+                            training_foreground_ml=None if trained_fg is None else float(trained_fg))
+        validity.valid = validity.style_valid and validity.size_valid
         per_label = {}
         for lab in self.card.labels:
             per_label[lab.name] = float(conf_sum[lab.value] / counts[lab.value]) if counts[lab.value] else float("nan")
@@ -554,8 +560,7 @@ class Predictor:
         if self.card.largest_component_labels:
             extra["postprocessing"] = {"kept_largest_component": [lab.name for lab in self.card.largest_component_labels],
                                        "removed_voxels": removed,
-                                       "removed_ml": {k: round(n * float(np.prod(volume.spacing)) / 1000.0, 3)
-                                                      for k, n in removed.items()}}
+                                       "removed_ml": {k: round(n * voxel_ml, 3) for k, n in removed.items()}}
         if return_probabilities:
             extra["probabilities"] = {"msp": msp_out, "entropy": ent_out}
         return SegmentationResult(

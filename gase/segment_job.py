@@ -122,6 +122,8 @@ def segment_cases(args: argparse.Namespace, default=str) -> int:
                     "no Dice estimate for an input outside the model's competence")
             print(f"{case}: {flag}  score {v.score:.2f} / threshold {v.threshold:.2f}  "
                   f"{dice}  ({result.seconds:.1f} s on {result.device})")
+            for reason in v.reasons():
+                print(f"    why: {reason}")
             print(f"    -> {paths['segmentation']}\n    -> {paths['confidence']}\n    -> {paths['report']}")
     if emit:
         emit({"event": "done", "outputs": {k: str(p) for k, p in paths.items()} if len(inputs) == 1 else None,

@@ -101,6 +101,12 @@ class StyleManifold:
                              None if ref_dist is None else ref_dist.float().numpy())
 
 
+def largest_foreground_ml(pairs) -> float:
+    """The largest total volume (mL) of labelled structures among training pairs ``(image Volume, label
+    array, name)``: the size the predictor compares what it segments with (:class:`gase.result.Validity`)."""
+    return max(float(np.count_nonzero(lab)) * float(np.prod(image.spacing)) / 1000.0 for image, lab, _ in pairs)
+
+
 def volume_score(slice_scores: np.ndarray, content: np.ndarray) -> float:
     """Median score over slices with content (all slices if none has)."""
     s = np.asarray(slice_scores, dtype=np.float64)

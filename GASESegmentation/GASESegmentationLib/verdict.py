@@ -2,7 +2,7 @@
 
 One source for both, so the panel and the views never disagree.
 
->>> from gase.result import Validity
+>>> from gase.result import FOREGROUND_LIMIT, Validity
 >>> import numpy as np
 >>> v = Verdict.from_validity(Validity(False, 3.2, 2.0, np.zeros(0)))
 >>> v.headline
@@ -16,7 +16,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 
-from gase.result import Validity
+from gase.result import FOREGROUND_LIMIT, Validity
 from gase.validity_map import INVALID_RGB, VALID_RGB
 
 
@@ -28,18 +28,27 @@ class Verdict:
     score: float
     threshold: float
     reliability: float | None = None  # the model's expected Dice, mean over structures (None if unknown)
+    foreground_ratio: float | None = None  # segmented structures / largest training total (None if unknown)
+    foreground_limit: float = FOREGROUND_LIMIT
 
     @staticmethod
     def from_validity(validity: Validity, reliability: float | None = None) -> "Verdict":
-        return Verdict(bool(validity.valid), float(validity.score), float(validity.threshold), reliability)
+        return Verdict(bool(validity.valid), float(validity.score), float(validity.threshold), reliability,
+                       validity.foreground_ratio, float(validity.foreground_limit))
 
     @staticmethod
     def from_json(report: dict) -> "Verdict":
         """From a ``<case>_report.json`` dict (``validity`` and optional ``reliability`` entries)."""
         v = report["validity"]
         rel = (report.get("reliability") or {}).get("expected_dice")
+        ratio = v.get("foreground_ratio")
         return Verdict(bool(v["valid"]), float(v["score"]), float(v["threshold"]),
-                       None if rel is None else float(rel))
+                       None if rel is None else float(rel), None if ratio is None else float(ratio),
+                       float(v.get("foreground_limit", FOREGROUND_LIMIT)))
+
+    @property
+    def size_valid(self) -> bool:
+        return self.foreground_ratio is None or self.foreground_ratio <= self.foreground_limit
 
     @property
     def headline(self) -> str:
@@ -47,8 +56,11 @@ class Verdict:
 
     @property
     def comparison(self) -> str:
-        sign = "<=" if self.valid else ">"
-        return f"score {self.score:.2f} {sign} threshold {self.threshold:.2f}"
+        sign = "<=" if self.score <= self.threshold else ">"
+        text = f"score {self.score:.2f} {sign} threshold {self.threshold:.2f}"
+        if not self.size_valid:
+            text += f", structures {self.foreground_ratio:.1f}x training size > {self.foreground_limit:g}x"
+        return text
 
     @property
     def rgb(self) -> tuple[float, float, float]:
@@ -63,12 +75,18 @@ class Verdict:
         if self.valid:
             details = self.comparison + ("" if self.reliability is None else f", expected Dice {self.reliability:.2f}")
             return f"GASE: input valid\n{details}"
-        return f"GASE: OUTSIDE the model's competence\n{self.comparison}: do not trust this result"
+        why = (f"score {self.score:.2f} > threshold {self.threshold:.2f}" if self.score > self.threshold else
+               f"structures {self.foreground_ratio:.1f}x training size (> {self.foreground_limit:g}x)")
+        return f"GASE: OUTSIDE the model's competence\n{why}: do not trust this result"
 
     def explanation(self) -> str:
         if self.valid:
             return ("The image style lies within the range of images the model learned from, so its "
                     "segmentation and confidence can be used (review low-confidence regions).")
+        if self.score <= self.threshold:  # the style is familiar; what it segmented is not
+            return ("The structures the model found are far larger than in any of its training label maps: "
+                    "this looks like another anatomy or a much larger field of view. The segmentation and the "
+                    "confidence map are not reliable.")
         return ("The image style is far from every image the model learned from (other sequence, modality, "
                 "anatomy or a corrupted image). The segmentation and the confidence map are not reliable.")
 

@@ -50,7 +50,7 @@ from ..nets import MappingNetwork, SegDiscriminator, StyleEncoder, StyleGenerato
 from ..postprocess import SINGLE_OBJECT_FRACTION, single_object_labels
 from ..preprocess import Normalization, pad_to_multiple
 from ..predictor import Predictor, resolve_device
-from ..validity import StyleManifold, calibrate_threshold, heldout_volume_scores
+from ..validity import StyleManifold, calibrate_threshold, heldout_volume_scores, largest_foreground_ml
 from ..volume import Volume
 from .augment import (FeatureStyleMix, diversify_styles, gaussian_cutout, global_curve, random_curves,
                       standard_augment)
@@ -365,7 +365,8 @@ def train(train_pairs: Sequence[tuple[Volume, np.ndarray, str]], val_pairs: Sequ
                                                 f"{SINGLE_OBJECT_FRACTION:.0%} of their voxels in every training "
                                                 "label map: only that part of the prediction is kept"}
     return _export(trainer, train_set, val_set, val_pairs, table, out_dir, cfg, anatomy=anatomy, plane=plane,
-                   spacing=spacing, norm=norm, name=name, title=title, emit=emit, extra_card=extra_card)
+                   spacing=spacing, norm=norm, name=name, title=title, emit=emit, extra_card=extra_card,
+                   foreground_ml=largest_foreground_ml([*train_pairs, *val_pairs]))
 
 
 def _median_inplane_spacing(volumes: Sequence[Volume], plane: str) -> float:
@@ -419,7 +420,8 @@ def _fit_conf_calibration(trainer: Trainer, sset: SliceSet, max_voxels: int = 40
 
 
 def _export(trainer: Trainer, train_set: SliceSet, val_set: SliceSet | None, val_pairs, table, out_dir: Path,
-            cfg: TrainConfig, *, anatomy, plane, spacing, norm, name, title, emit, extra_card) -> TrainResult:
+            cfg: TrainConfig, *, anatomy, plane, spacing, norm, name, title, emit, extra_card,
+            foreground_ml: float) -> TrainResult:
     from safetensors.torch import save_file
 
     emit({"event": "export", "message": "fitting the style manifold and calibrating"})
@@ -459,7 +461,8 @@ def _export(trainer: Trainer, train_set: SliceSet, val_set: SliceSet | None, val
                   "+ off-subspace residual)/2, 1 ~ training slices", "calibration": "1.1 x upper quartile of the volume scores of leave-one-volume-out training volumes "
                   "and validation volumes",
                   "heldout_volume_scores": [round(v, 4) for v in heldout_volume_scores(held_scores)],
-                  "fitted_on_slices": int(sum(len(f) for f in feats))},
+                  "fitted_on_slices": int(sum(len(f) for f in feats)),
+                  "training_foreground_ml": round(foreground_ml, 2)},
         confidence_calibration=cal, files={},
         description=extra_card.pop("description", f"GASE {cfg.method} model for {anatomy} MR, {plane} slices."),
         training={"config": cfg.to_json(), "iterations": trainer.state.iteration,
