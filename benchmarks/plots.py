@@ -195,16 +195,18 @@ def validity(res: dict, out: Path) -> Path:
 
 
 def _has_distances(man: dict) -> bool:
-    return bool(man.get("reference_distances")) and all(v.get("distances") for v in man["volumes"])
+    return bool(man.get("volumes")) and all(v.get("distances") for v in man["volumes"])
 
 
 def _distance_map(ax, name: str, method: str, a: dict, man: dict) -> None:
     """One marker per test volume at its place on the validity distance map (:mod:`gase.validity_map`)."""
     threshold = float(man["threshold"])
-    ref = np.asarray(man["reference_distances"], dtype=np.float64).reshape(-1, 2)
+    # the training slices' distances: models saved before 2026-11-28 do not keep them
+    ref = np.asarray(man.get("reference_distances") or np.zeros((0, 2)), dtype=np.float64).reshape(-1, 2)
     pts = np.asarray([v["distances"] for v in man["volumes"]], dtype=np.float64).reshape(-1, 2)
     log = draw_accepted_region(ax, threshold, np.concatenate([ref, pts]))
-    ax.scatter(ref[:, 0], ref[:, 1], s=6, color="#bdbdbd", linewidths=0, label="training slices", zorder=1)
+    if len(ref):
+        ax.scatter(ref[:, 0], ref[:, 1], s=6, color="#bdbdbd", linewidths=0, label="training slices", zorder=1)
     colors = _style_colors(a["unseen_styles"])
     seen = set()
     for v in man["volumes"]:
@@ -220,7 +222,7 @@ def _distance_map(ax, name: str, method: str, a: dict, man: dict) -> None:
     ax.set_xlabel("distance within the learned styles" + (" (log)" if log else ""))
     ax.set_ylabel("distance off the learned styles" + (" (log)" if log else ""))
     ax.set_title(f"{name}: validity of each test volume ({METHOD_SHORT.get(method, method)} model)\n"
-                 "below the dashed line = accepted; grey = training slices", fontsize=10)
+                 "below the dashed line = accepted" + ("; grey = training slices" if len(ref) else ""), fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
 
 
