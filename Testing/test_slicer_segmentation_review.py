@@ -223,3 +223,22 @@ def test_reliability_table_shows_what_the_post_processing_removed(shown):
     plain = logic.show_result(input_node, case.result, plane="sagittal", threshold=0.5)
     t = plain.reliability_table.GetTable()
     assert all(np.isnan(t.GetValue(r, 5).ToDouble()) for r in range(t.GetNumberOfRows()))
+
+
+def test_a_size_verdict_survives_the_report_and_the_scene(shown):
+    """Outside the competence by what it segments (not by style): the report the background process writes,
+    and the scene a re-opened panel reads, both keep why."""
+    import dataclasses
+
+    from GASESegmentationLib.outputs import validity_from_report
+
+    scene, logic, input_node, case, _, _ = shown
+    validity = dataclasses.replace(case.result.validity, valid=False, score=1.5, threshold=2.0,
+                                   foreground_ml=1400.0, training_foreground_ml=400.0)
+    result = dataclasses.replace(case.result, validity=validity)
+    assert validity_from_report(result.report()).foreground_ratio == pytest.approx(3.5)
+    outputs = logic.show_result(input_node, result, plane="sagittal", threshold=0.5)
+    expected = "structures 3.5x training size (> 2.5x): do not trust this result"
+    assert outputs.verdict.slice_view_text().endswith(expected)
+    assert logic.outputs_for(input_node).verdict.slice_view_text().endswith(expected)
+    assert "another anatomy" in logic.outputs_for(input_node).verdict.banner_html()

@@ -39,7 +39,17 @@ def validity_from_report(report: dict) -> Validity:
                     embedding_2d=_points(manifold.get("embedding_2d")),
                     reference_2d=_points(manifold.get("reference_2d")),
                     distances_2d=_points(manifold.get("distances_2d")),
-                    reference_distances=_points(manifold.get("reference_distances")))
+                    reference_distances=_points(manifold.get("reference_distances")),
+                    **size_fields(v))
+
+
+def size_fields(v: dict) -> dict:
+    """The structure-size part of a validity JSON dict as :class:`Validity` keyword arguments."""
+    out = {}
+    for key in ("foreground_ml", "training_foreground_ml", "foreground_limit"):
+        if v.get(key) is not None:
+            out[key] = float(v[key])
+    return out
 
 
 def load_result(outputs: JobOutputs, grid: np.ndarray | None = None) -> SegmentationResult:
