@@ -194,6 +194,15 @@ def validity(res: dict, out: Path) -> Path:
     return _save(fig, out / "validity.png")
 
 
+def _volume_style(v: dict, colors: dict[str, str], size: float) -> tuple[dict, str]:
+    """Scatter keywords and legend label of one test volume of the manifold records (OOD markers by kind,
+    MR styles coloured; OOD markers 1.6x ``size``)."""
+    if v["group"] == "ood":
+        return dict(color=OOD_COLOR, marker=OOD_MARKERS.get(v["kind"], "x"), s=1.6 * size), f"OOD: {v['kind']}"
+    colour = SOURCE_COLOR if v["group"] == "source" else colors.get(v["kind"])
+    return dict(color=colour, marker="o", s=size), f"{v['kind']} ({'source' if v['group'] == 'source' else 'unseen'})"
+
+
 def _has_distances(man: dict) -> bool:
     return bool(man.get("volumes")) and all(v.get("distances") for v in man["volumes"])
 
@@ -210,12 +219,7 @@ def _distance_map(ax, name: str, method: str, a: dict, man: dict) -> None:
     colors = _style_colors(a["unseen_styles"])
     seen = set()
     for v in man["volumes"]:
-        if v["group"] == "ood":
-            kw = dict(color=OOD_COLOR, marker=OOD_MARKERS.get(v["kind"], "x"), s=40)
-            lab = f"OOD: {v['kind']}"
-        else:
-            kw = dict(color=SOURCE_COLOR if v["group"] == "source" else colors.get(v["kind"]), marker="o", s=30)
-            lab = f"{v['kind']} (source)" if v["group"] == "source" else f"{v['kind']} (unseen)"
+        kw, lab = _volume_style(v, colors, 28)
         p = v["distances"]
         ax.scatter([p[0]], [p[1]], label=None if lab in seen else lab, alpha=0.85, linewidths=0, zorder=3, **kw)
         seen.add(lab)
@@ -259,12 +263,7 @@ def style_manifold(res: dict, out: Path) -> Path:
         colors = _style_colors(a["unseen_styles"])
         seen = set()
         for v in man["volumes"]:
-            if v["group"] == "ood":
-                kw = dict(color=OOD_COLOR, marker=OOD_MARKERS.get(v["kind"], "x"), s=16)
-                lab = f"OOD: {v['kind']}"
-            else:
-                kw = dict(color=SOURCE_COLOR if v["group"] == "source" else colors.get(v["kind"]), marker="o", s=10)
-                lab = f"{v['kind']} (source)" if v["group"] == "source" else f"{v['kind']} (unseen)"
+            kw, lab = _volume_style(v, colors, 10)
             draw(v["points"], None if lab in seen else lab, alpha=0.7, linewidths=0, zorder=2, **kw)
             seen.add(lab)
         ax.set_xlim(lo[0], hi[0])

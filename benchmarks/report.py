@@ -201,15 +201,16 @@ def build_readme_section(res: dict, results_dir: Path, readme: Path) -> str:
     return "\n".join(out)
 
 
-def update_readme(readme: Path, section: str) -> bool:
+def update_readme(readme: Path, section: str, markers: tuple[str, str] = (BEGIN, END)) -> bool:
     """Replace the text between the markers with ``section``; False (README untouched) without markers."""
+    begin, end = markers
     if not readme.exists():
         return False
     text = readme.read_text()
-    i, j = text.find(BEGIN), text.find(END)
+    i, j = text.find(begin), text.find(end)
     if i < 0 or j < i:
         return False
-    readme.write_text(text[: i + len(BEGIN)] + "\n" + section.rstrip() + "\n" + text[j:])
+    readme.write_text(text[: i + len(begin)] + "\n" + section.rstrip() + "\n" + text[j:])
     return True
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .report import METHOD_NAMES, ROOT, _f, _table
+from .report import METHOD_NAMES, ROOT, _f, _table, update_readme
 
 BEGIN, END = "<!-- SEEDS:BEGIN -->", "<!-- SEEDS:END -->"
 SAME = ("seed", "iterations", "batch_size", "crop", "scale", "test_subjects", "ood_subjects")
@@ -130,17 +130,6 @@ def build_markdown(summary: dict, heading: str = "##") -> str:
     return "\n".join(out)
 
 
-def update_readme(readme: Path, section: str) -> bool:
-    if not readme.exists():
-        return False
-    text = readme.read_text()
-    i, j = text.find(BEGIN), text.find(END)
-    if i < 0 or j < i:
-        return False
-    readme.write_text(text[: i + len(BEGIN)] + "\n" + section.rstrip() + "\n" + text[j:])
-    return True
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.seeds", description=__doc__.split("\n\n")[0])
     ap.add_argument("out", type=Path, help="folder for SEEDS.md and seeds.json")
@@ -166,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "seeds.json").write_text(json.dumps(summary, indent=1))
     print(md)
     if args.update_readme is not None:
-        ok = update_readme(args.update_readme, md)
+        ok = update_readme(args.update_readme, md, (BEGIN, END))
         print(f"[seeds] {'updated' if ok else 'no markers in (left untouched)'} {args.update_readme}")
     return 0
 
