@@ -55,12 +55,19 @@ class Verdict:
         return "Input valid" if self.valid else "Outside the model's competence"
 
     @property
-    def comparison(self) -> str:
+    def style_comparison(self) -> str:
         sign = "<=" if self.score <= self.threshold else ">"
-        text = f"score {self.score:.2f} {sign} threshold {self.threshold:.2f}"
-        if not self.size_valid:
-            text += f", structures {self.foreground_ratio:.1f}x training size > {self.foreground_limit:g}x"
-        return text
+        return f"score {self.score:.2f} {sign} threshold {self.threshold:.2f}"
+
+    @property
+    def size_comparison(self) -> str:
+        """Empty unless the structures found are too large for the model's training anatomy."""
+        return "" if self.size_valid else \
+            f"structures {self.foreground_ratio:.1f}x training size > {self.foreground_limit:g}x"
+
+    @property
+    def comparison(self) -> str:
+        return ", ".join(t for t in (self.style_comparison, self.size_comparison) if t)
 
     @property
     def rgb(self) -> tuple[float, float, float]:
