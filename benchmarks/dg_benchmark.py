@@ -57,7 +57,7 @@ class BenchConfig:
     crop: int = 128
     workers: int = 0
     seed: int = 0
-    train_seed: int | None = None  # None: the same as seed (data and training)
+    train_seed: int = 0  # training seed (parse_args: --train-seed, else --seed)
     threads: int | None = None
     update_readme: Path | None = None
     models_dir: Path | None = None
@@ -142,7 +142,7 @@ def run(cfg: BenchConfig) -> dict:
 
     def train_cfg(method: str, iterations: int, max_minutes: float | None = None) -> TrainConfig:
         return TrainConfig(method=method, iterations=iterations, batch_size=cfg.batch_size, crop=cfg.crop,
-                           device=device, seed=cfg.seed if cfg.train_seed is None else cfg.train_seed, val_every=max(50, iterations // 4),
+                           device=device, seed=cfg.train_seed, val_every=max(50, iterations // 4),
                            checkpoint_every=iterations, max_minutes=max_minutes).validate()
 
     reused = {}  # --reuse-models: the earlier run's training records, checked before rendering anything
@@ -284,7 +284,7 @@ def _meta(cfg: BenchConfig, device: str, iterations: int, per_it: dict, trained:
             "python": platform.python_version(), "git_commit": _git_commit(), "iterations": iterations,
             "batch_size": cfg.batch_size, "crop": cfg.crop, "scale": cfg.scale, "test_subjects": cfg.test_subjects,
             "ood_subjects": cfg.ood_subjects, "seed": cfg.seed,
-            "train_seed": cfg.seed if cfg.train_seed is None else cfg.train_seed, "train_seconds_budget": cfg.train_seconds,
+            "train_seed": cfg.train_seed, "train_seconds_budget": cfg.train_seconds,
             "probe_seconds_per_iteration": {k: round(v, 5) for k, v in per_it.items()}, "training": trained,
             "command": " ".join(sys.argv)}
 
@@ -351,7 +351,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
                       n_styles=q.get("n_styles") if not a.styles else None, scale=pick(a.scale, "scale", 1.0),
                       batch_size=pick(a.batch_size, "batch_size", 8), crop=pick(a.crop, "crop", 128),
                       workers=pick(a.workers, "workers", 0 if a.quick else default_workers()), seed=a.seed,
-                      train_seed=a.train_seed,
+                      train_seed=a.seed if a.train_seed is None else a.train_seed,
                       threads=a.threads, update_readme=a.update_readme, models_dir=a.models_dir,
                       overwrite=a.overwrite, reuse_models=a.reuse_models)
     if cfg.reuse_models and cfg.train_seconds:

@@ -83,11 +83,11 @@ def render_overview(rows: list[dict], path: Path, title: str) -> Path:
         ax = fig.add_subplot(gs[r, 2])
         ax.imshow(img, cmap="gray")
         im = ax.imshow(np.ma.masked_where(conf > 0.999, conf), cmap="inferno", vmin=0, vmax=1, alpha=0.85)
-        size = "" if v.get("foreground_ratio") is None or v["foreground_ratio"] <= v["foreground_limit"] else \
-            f"\nstructures {v['foreground_ratio']:.1f}x the training size (> {v['foreground_limit']:g}x)"
+        val = row["validity"]
+        size = "" if val.size_valid else \
+            f"\nstructures {val.foreground_ratio:.1f}x the training size (> {val.foreground_limit:g}x)"
         ax.set_title(("VALID" if ok else "OUTSIDE THE MODEL'S COMPETENCE") +
-                     f"\nscore {v['score']:.2f} {'<=' if v['score'] <= v['threshold'] else '>'} threshold "
-                     f"{v['threshold']:.2f}" + size,
+                     f"\nscore {val.score:.2f} {'<=' if val.style_valid else '>'} threshold {val.threshold:.2f}" + size,
                      fontsize=9, color="darkgreen" if ok else "red", fontweight="bold")
         ax.axis("off")
         cax = fig.add_subplot(gs[r, 3])

@@ -45,8 +45,9 @@ class Validity:
     structures are at most ``foreground_limit`` times that size: a knee model given a pelvis can find
     the pelvis's MR style familiar, but then paints bone all over it. Measured on phantoms (2026-11-28):
     pelvis images 2.7-3.7x for the demo model and 4.3-5.1x for the benchmark's GASE knee model; knees of
-    every style, CT-like, noisy, motion-corrupted and inverted knees 0.7-1.4x. ``slice_scores`` (S,) float32 are per canonical slice (NaN where a slice
-    was skipped as empty). ``embedding_2d`` (S, 2) are the slices' positions on the manifold map
+    every style, CT-like, noisy, motion-corrupted and inverted knees 0.7-1.4x.
+
+    ``slice_scores`` (S,) float32 are per canonical slice (NaN where a slice was skipped as empty). ``embedding_2d`` (S, 2) are the slices' positions on the manifold map
     (PCA of style codes); ``reference_2d`` (N, 2) the training slices'. ``distances_2d`` (S, 2) are
     the slices' two distances to the manifold [within its subspace, off it] whose mean is the slice score,
     and ``reference_distances`` (N, 2) the training slices' (None for older models): the axes of the
