@@ -32,6 +32,10 @@ def test_merge_refuses_different_protocols_and_duplicate_anatomies():
         merge([_run("knee", 1.0), _run("pelvis", 1.0, iterations=500)])
     with pytest.raises(ValueError, match="knee"):
         merge([_run("knee", 1.0), _run("knee", 1.0)])
+    balanced = _run("pelvis", 1.0)
+    balanced["meta"]["crop_sampling"] = "balanced"  # the knee run has no record: foreground sampling
+    with pytest.raises(ValueError, match="crop_sampling"):
+        merge([_run("knee", 1.0), balanced])
 
 
 def test_dg_probe_reports_dice_per_style_and_the_unseen_mean():

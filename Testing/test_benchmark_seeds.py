@@ -10,7 +10,7 @@ from benchmarks.seeds import BEGIN, END, SeedsError, build_markdown, main, summa
 
 
 def _run(train_seed: int, gase_unseen: float, peer_unseen: float, *, seed: int = 0, iterations: int = 1000,
-         legacy: bool = False) -> dict:
+         legacy: bool = False, crop_sampling: str | None = "balanced") -> dict:
     def summary(source, unseen, extra=None):
         s = {"segmentation": {"source": {"dice": source}, "unseen": {"dice": unseen}}}
         return {**s, **(extra or {})}
@@ -22,6 +22,8 @@ def _run(train_seed: int, gase_unseen: float, peer_unseen: float, *, seed: int =
                "gase": {"summary": summary(0.78 + 0.02 * train_seed, gase_unseen, gase_extra)}}
     meta = {"seed": seed, "iterations": iterations, "batch_size": 8, "crop": 128, "scale": 1.0,
             "test_subjects": 6, "ood_subjects": 3}
+    if crop_sampling is not None:  # None: a run from before the setting was recorded (foreground sampling)
+        meta["crop_sampling"] = crop_sampling
     if legacy:  # a run from before --train-seed: it trained with the data seed
         meta["seed"] = train_seed
     else:
@@ -48,11 +50,19 @@ def test_a_run_from_before_train_seed_counts_its_data_seed_as_training_seed():
     assert s["train_seeds"] == [0, 1]
 
 
+def test_runs_from_before_crop_sampling_was_recorded_compare_as_foreground_sampling():
+    s = summarize([_run(0, 0.7, 0.7, crop_sampling=None), _run(1, 0.7, 0.7, crop_sampling="foreground")])
+    assert s["crop_sampling"] == "foreground"
+    assert "foreground crop sampling" in build_markdown(s)
+
+
 @pytest.mark.parametrize("runs, message", [
     ([_run(0, 0.7, 0.7)], "at least two runs"),
     ([_run(0, 0.7, 0.7), _run(0, 0.7, 0.7)], "training seeds repeat"),
     ([_run(0, 0.7, 0.7), _run(1, 0.7, 0.7, iterations=500)], "differ in iterations"),
     ([_run(0, 0.7, 0.7), _run(1, 0.7, 0.7, seed=3)], "differ in seed"),
+    ([_run(0, 0.7, 0.7), _run(1, 0.7, 0.7, crop_sampling="foreground")], "differ in crop_sampling"),
+    ([_run(0, 0.7, 0.7), _run(1, 0.7, 0.7, crop_sampling=None)], "differ in crop_sampling"),
 ])
 def test_runs_that_cannot_be_compared_are_refused(runs, message):
     with pytest.raises(SeedsError, match=message):

@@ -137,3 +137,24 @@ def test_structures_far_larger_than_in_training_make_the_input_invalid(predictor
         assert predictor.predict(img).validity.foreground_ratio is None
     finally:
         predictor.card.validity["training_foreground_ml"] = card_fg
+
+
+def test_a_ct_is_outside_the_competence_of_an_mr_model(predictor):
+    """Hounsfield units (air -1000, fat -100) are not an MR image, however familiar the style looks."""
+    from gase.phantoms import make_ood
+    from gase.result import fraction_below
+
+    ct = make_ood("ct", "knee", 3, scale=0.5)
+    v = predictor.predict(ct).validity
+    assert v.ct_fraction > 0.3 and not v.modality_valid and not v.valid
+    assert v.reasons()[0].startswith("it looks like a CT, not an MR image: ")
+    assert v.to_json()["ct_fraction"] == pytest.approx(v.ct_fraction, abs=1e-4)
+    # an MR image (non-negative), and the same image z-scored (negative, but nowhere near air in HU)
+    mr = make_ood("motion", "knee", 3, scale=0.5)
+    assert predictor.predict(mr).validity.ct_fraction == 0.0
+    z = (mr.array - mr.array.mean()) / mr.array.std()
+    assert predictor.predict(Volume(z.astype(np.float32), mr.ijk_to_ras)).validity.modality_valid
+    # counted slab by slab, the same as at once; unsigned images are never counted
+    a = np.linspace(-1000, 1000, 7 * 5 * 4, dtype=np.float32).reshape(7, 5, 4)
+    assert fraction_below(a, -500.0, slab_voxels=20) == pytest.approx(float((a < -500).mean()))
+    assert fraction_below(np.zeros((3, 4, 4), np.uint16), -500.0) == 0.0

@@ -242,3 +242,9 @@ def test_a_size_verdict_survives_the_report_and_the_scene(shown):
     assert outputs.verdict.slice_view_text().endswith(expected)
     assert logic.outputs_for(input_node).verdict.slice_view_text().endswith(expected)
     assert "another anatomy" in logic.outputs_for(input_node).verdict.banner_html()
+    # and a CT: the reason survives the report and the scene too
+    ct = dataclasses.replace(case.result, validity=dataclasses.replace(case.result.validity, valid=False,
+                                                                       ct_fraction=0.4))
+    assert validity_from_report(ct.report()).ct_fraction == pytest.approx(0.4)
+    logic.show_result(input_node, ct, plane="sagittal", threshold=0.5)
+    assert "CT intensities: 40% of voxels" in logic.outputs_for(input_node).verdict.slice_view_text()

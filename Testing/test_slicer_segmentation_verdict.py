@@ -53,6 +53,22 @@ def test_a_familiar_style_with_far_too_much_anatomy_is_outside_the_competence():
         "its image style is far from every image the model learned from (distance 2.50 > threshold 2.00)"]
 
 
+def test_a_ct_is_named_as_such_in_every_text():
+    from GASESegmentationLib.verdict import Verdict
+
+    validity = Validity(False, 1.9, 2.0, np.zeros(3), ct_fraction=0.45)
+    assert validity.style_valid and validity.size_valid and not validity.modality_valid
+    verdict = Verdict.from_validity(validity)
+    assert verdict.slice_view_text() == ("GASE: OUTSIDE the model's competence\n"
+                                         "CT intensities: 45% of voxels < -500: do not trust this result")
+    assert "CT intensities: 45% of voxels &lt; -500, score 1.90 &lt;= threshold 2.00" in verdict.banner_html()
+    assert "not an MR image" in verdict.explanation()
+    assert Verdict.from_json({"validity": validity.to_json()}) == verdict
+    # a report written before the check: no CT fraction, nothing said about it
+    assert Verdict.from_json({"validity": {"valid": True, "score": 1.0, "threshold": 2.0}}).modality_valid
+    assert Validity(True, 1.0, 2.0, np.zeros(3), ct_fraction=0.0).reasons() == []
+
+
 def _png(path):
     import vtk
     from vtk.util import numpy_support

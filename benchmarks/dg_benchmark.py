@@ -102,11 +102,11 @@ def probe_seconds_per_iteration(pairs, table, plane: str, train_cfg, steps: int 
     trainer = Trainer(train_cfg, table, max(t.value for t in table) + 1)
     sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
-        trainer.step(*sset.sample(trainer.gen, train_cfg.batch_size, train_cfg.crop))
+        trainer.step(*sset.sample(trainer.gen, train_cfg.batch_size, train_cfg.crop, mode=train_cfg.crop_sampling))
     sync()
     t0 = time.perf_counter()
     for _ in range(steps):
-        trainer.step(*sset.sample(trainer.gen, train_cfg.batch_size, train_cfg.crop))
+        trainer.step(*sset.sample(trainer.gen, train_cfg.batch_size, train_cfg.crop, mode=train_cfg.crop_sampling))
     sync()
     return (time.perf_counter() - t0) / steps
 
@@ -229,13 +229,14 @@ def run(cfg: BenchConfig) -> dict:
     return results
 
 
-REUSE_KEYS = ("method", "iterations", "batch_size", "crop", "seed")
+REUSE_KEYS = ("method", "iterations", "batch_size", "crop", "seed", "crop_sampling")
 
 
 def reused_training(folder: Path, want: TrainConfig) -> dict:
     """The training record of a model an earlier run left in ``folder`` (``--reuse-models``), after checking
     that it was trained with the settings this run would use; raises :class:`InputError` otherwise."""
     from gase.errors import InputError
+    from gase.training.config import LEGACY_DEFAULTS
 
     try:
         card = json.loads((folder / "model.json").read_text())
@@ -244,7 +245,8 @@ def reused_training(folder: Path, want: TrainConfig) -> dict:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InputError(f"--reuse-models: no trained model in {folder} ({exc}); run without --reuse-models "
                          "to train it, or point --models-dir at the earlier run's models.") from None
-    differs = {k: (config.get(k), getattr(want, k)) for k in REUSE_KEYS if config.get(k) != getattr(want, k)}
+    had = {k: config.get(k, LEGACY_DEFAULTS.get(k)) for k in REUSE_KEYS}
+    differs = {k: (had[k], getattr(want, k)) for k in REUSE_KEYS if had[k] != getattr(want, k)}
     if differs:
         raise InputError(f"--reuse-models: the model in {folder} was trained with other settings "
                          f"({', '.join(f'{k} {a} instead of {b}' for k, (a, b) in differs.items())}); run without "
@@ -278,13 +280,15 @@ def _git_commit() -> str:
 def _meta(cfg: BenchConfig, device: str, iterations: int, per_it: dict, trained: dict) -> dict:
     import monai
     import torch
+    from gase.training.config import TrainConfig
 
     return {"mode": "quick" if cfg.quick else "full", "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
             "machine": machine_name(device), "device": device, "torch": torch.__version__, "monai": monai.__version__,
             "python": platform.python_version(), "git_commit": _git_commit(), "iterations": iterations,
             "batch_size": cfg.batch_size, "crop": cfg.crop, "scale": cfg.scale, "test_subjects": cfg.test_subjects,
             "ood_subjects": cfg.ood_subjects, "seed": cfg.seed,
-            "train_seed": cfg.train_seed, "train_seconds_budget": cfg.train_seconds,
+            "train_seed": cfg.train_seed, "crop_sampling": TrainConfig().crop_sampling,
+            "train_seconds_budget": cfg.train_seconds,
             "probe_seconds_per_iteration": {k: round(v, 5) for k, v in per_it.items()}, "training": trained,
             "command": " ".join(sys.argv)}
 

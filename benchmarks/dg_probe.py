@@ -45,7 +45,7 @@ def probe(method: str, iterations: int, overrides: dict, anatomy: str = "knee", 
     trainer = Trainer(cfg, table, max(t.value for t in table) + 1)
     t0 = time.perf_counter()
     for _ in range(iterations):
-        trainer.step(*train_set.sample(trainer.gen, cfg.batch_size, cfg.crop))
+        trainer.step(*train_set.sample(trainer.gen, cfg.batch_size, cfg.crop, mode=cfg.crop_sampling))
     seconds = time.perf_counter() - t0
     out = {"anatomy": anatomy, "method": method, "iterations": iterations, "settings": overrides,
            "threads": torch.get_num_threads(), "train_seconds": round(seconds, 1), "dice": {}}

@@ -16,7 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-PROTOCOL = ("mode", "iterations", "batch_size", "crop", "scale", "test_subjects", "ood_subjects", "seed")
+from .report import setting
+
+PROTOCOL = ("mode", "iterations", "batch_size", "crop", "crop_sampling", "scale", "test_subjects", "ood_subjects",
+            "seed")
 
 
 def merge(runs: list[dict], machine: str | None = None) -> dict:
@@ -31,7 +34,7 @@ def merge(runs: list[dict], machine: str | None = None) -> dict:
     training, wall, parts = {}, {}, []
     for r in runs:
         meta = r["meta"]
-        diff = [k for k in PROTOCOL if meta.get(k) != first.get(k)]
+        diff = [k for k in PROTOCOL if setting(meta, k) != setting(first, k)]
         if diff:
             raise ValueError(f"runs differ in {', '.join(diff)}: only runs of the same protocol can be merged")
         for name, a in r["anatomies"].items():

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gase.training.config import LEGACY_DEFAULTS
+
 BEGIN, END = "<!-- RESULTS:BEGIN -->", "<!-- RESULTS:END -->"
 METHOD_NAMES = {"erm": "ERM U-Net (standard aug.)", "randcurve": "Random intensity curves (peer)", "gase": "GASE"}
 PLOTS = ("dice_per_style.png", "reliability_diagram.png", "risk_coverage.png", "validity.png", "style_manifold.png")
@@ -150,9 +152,14 @@ def run_line(meta: dict) -> str:
               f"wall time {wall.get('total', float('nan')):.0f} s in all, {train_s:.0f} s of it training.")
     return (f"{meta['mode']} run of {meta['date']} on **{meta['machine']}** (torch {meta['torch']}, MONAI "
             f"{meta['monai']}): {meta['iterations']} training iterations per model (batch {meta['batch_size']}, crop "
-            f"{meta['crop']}, the same for every method{sized}; data seed {meta.get('seed', 0)}, training seed "
+            f"{meta['crop']}, {setting(meta, 'crop_sampling')} crop sampling, the same for every method{sized}; data seed {meta.get('seed', 0)}, training seed "
             f"{meta.get('train_seed', meta.get('seed', 0))}); phantom scale {meta['scale']}, "
             f"{meta['test_subjects']} test subjects per style, {meta['ood_subjects']} per OOD kind; {timing}")
+
+
+def setting(meta: dict, key: str):
+    """A run's setting from its results meta; runs from before the setting was recorded used the legacy value."""
+    return meta.get(key, LEGACY_DEFAULTS.get(key))
 
 
 def build_markdown(res: dict, image_prefix: str = "") -> str:

@@ -37,5 +37,6 @@ if [ "$status" -ne 0 ]; then
 fi
 args=()
 if [ "${UPDATE_README:-0}" = 1 ]; then args+=(--update-readme); fi
-machine="CPU ($(uname -m), $(nproc) cores): knee and pelvis side by side, one process and 1 torch thread each"
+# (nproc would count OMP_NUM_THREADS, exported above, instead of the cores)
+machine="CPU ($(uname -m), $(getconf _NPROCESSORS_ONLN) cores): knee and pelvis side by side, one process and 1 torch thread each"
 "$PY" -m benchmarks.merge "$OUT_DIR" "$OUT_DIR/knee" "$OUT_DIR/pelvis" --machine "$machine" "${args[@]}"

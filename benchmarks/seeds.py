@@ -10,7 +10,8 @@ targets are about (GASE - peer, GASE - ERM on unseen styles; GASE - ERM on the s
 
 writes ``SEEDS.md`` and ``seeds.json`` to the first folder and, with ``--update-readme``, the README's
 section between ``<!-- SEEDS:BEGIN -->`` and ``<!-- SEEDS:END -->``. The runs must share their data
-(seed, subjects, styles) and budget (iterations, batch, crop) and differ in their training seeds.
+(seed, subjects, styles), budget (iterations, batch, crop) and crop sampling, and differ in their training
+seeds.
 """
 from __future__ import annotations
 
@@ -22,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .report import METHOD_NAMES, ROOT, _f, _table, update_readme
+from .report import METHOD_NAMES, ROOT, _f, _table, setting, update_readme
 
 BEGIN, END = "<!-- SEEDS:BEGIN -->", "<!-- SEEDS:END -->"
-SAME = ("seed", "iterations", "batch_size", "crop", "scale", "test_subjects", "ood_subjects")
+SAME = ("seed", "iterations", "batch_size", "crop", "crop_sampling", "scale", "test_subjects", "ood_subjects")
 
 # (name, path in a method's summary, number of decimals)
 SEG = (("source Dice", ("segmentation", "source", "dice")), ("unseen Dice", ("segmentation", "unseen", "dice")))
@@ -60,10 +61,10 @@ def check_runs(runs: list[dict]) -> None:
         raise SeedsError("give at least two runs (results folders) to compare seeds")
     first = runs[0]["meta"]
     for r in runs[1:]:
-        diff = [k for k in SAME if r["meta"].get(k) != first.get(k)]
+        diff = [k for k in SAME if setting(r["meta"], k) != setting(first, k)]
         if diff:
-            raise SeedsError(f"the runs differ in {', '.join(diff)}: seeds can only be compared on the same data "
-                             "and budget")
+            raise SeedsError(f"the runs differ in {', '.join(diff)}: seeds can only be compared on the same data, "
+                             "budget and settings")
         if set(r["anatomies"]) != set(runs[0]["anatomies"]):
             raise SeedsError("the runs cover different anatomies")
         for a in r["anatomies"]:
@@ -78,7 +79,8 @@ def summarize(runs: list[dict]) -> dict:
     """Per anatomy: each method's numbers per seed and their mean, and the per-seed differences."""
     check_runs(runs)
     seeds = [train_seed(r["meta"]) for r in runs]
-    out = {"train_seeds": seeds, "iterations": runs[0]["meta"]["iterations"], "anatomies": {}}
+    out = {"train_seeds": seeds, "iterations": runs[0]["meta"]["iterations"],
+           "crop_sampling": setting(runs[0]["meta"], "crop_sampling"), "anatomies": {}}
     for a in runs[0]["anatomies"]:
         methods = list(runs[0]["anatomies"][a]["methods"])
         entry = {"methods": {}, "differences": {}, "gase": {}}
@@ -114,7 +116,8 @@ def build_markdown(summary: dict, heading: str = "##") -> str:
     seeds = summary["train_seeds"]
     cols = [f"seed {s}" for s in seeds] + ["mean"]
     out = [f"{heading} How much the numbers move with the training seed", "",
-           f"{len(seeds)} runs on the same data and budget ({summary['iterations']} iterations per model), training "
+           f"{len(seeds)} runs on the same data and budget ({summary['iterations']} iterations per model, "
+           f"{summary.get('crop_sampling', 'foreground')} crop sampling), training "
            f"seeds {', '.join(map(str, seeds))}. A difference between methods smaller than its spread across the "
            "seeds is not evidence.", ""]
     for a, entry in summary["anatomies"].items():

@@ -31,6 +31,22 @@ def _json_number(v: float | None) -> float | None:
 
 
 FOREGROUND_LIMIT = 2.5  # segmented structures larger than this many times the largest training total: invalid
+# A CT, not an MR image: MR magnitude images have no negative values, a CT in Hounsfield units has air at
+# -1000 and fat at -100. The benchmark's volumes (2026-11-28): CT-like knees 43-51% and pelvises 48-56% of
+# voxels below -500; its 72 MR test volumes (6 styles) and every other OOD kind 0%.
+CT_AIR_HU = -500.0
+CT_FRACTION_LIMIT = 0.05
+
+
+def fraction_below(array: np.ndarray, limit: float, slab_voxels: int = 1 << 24) -> float:
+    """Fraction of ``array``'s voxels below ``limit``, slab by slab (no whole-volume temporary); 0.0 at once
+    for unsigned integer images, which cannot hold a negative value."""
+    if array.size == 0 or (array.dtype.kind == "u" and limit <= 0):
+        return 0.0
+    per_slice = max(1, array[:1].size)
+    step = max(1, slab_voxels // per_slice)
+    below = sum(int(np.count_nonzero(np.asarray(array[s:s + step]) < limit)) for s in range(0, array.shape[0], step))
+    return below / array.size
 
 
 @dataclass
@@ -45,7 +61,10 @@ class Validity:
     structures are at most ``foreground_limit`` times that size: a knee model given a pelvis can find
     the pelvis's MR style familiar, but then paints bone all over it. Measured on phantoms (2026-11-28):
     pelvis images 2.7-3.7x for the demo model and 4.3-5.1x for the benchmark's GASE knee model; knees of
-    every style, CT-like, noisy, motion-corrupted and inverted knees 0.7-1.4x.
+    every style, CT-like, noisy, motion-corrupted and inverted knees 0.7-1.4x. ``ct_fraction`` is the
+    fraction of the input's voxels below :data:`CT_AIR_HU` (None where not measured): more than
+    :data:`CT_FRACTION_LIMIT` of them is a CT in Hounsfield units, not an MR image, and invalid too (a
+    GASE model's style-invariant features can find a CT's contrast close to the MR styles it learned).
 
     ``slice_scores`` (S,) float32 are per canonical slice (NaN where a slice was skipped as empty). ``embedding_2d`` (S, 2) are the slices' positions on the manifold map
     (PCA of style codes); ``reference_2d`` (N, 2) the training slices'. ``distances_2d`` (S, 2) are
@@ -65,6 +84,7 @@ class Validity:
     foreground_ml: float | None = None
     training_foreground_ml: float | None = None
     foreground_limit: float = FOREGROUND_LIMIT
+    ct_fraction: float | None = None
 
     @property
     def verdict(self) -> str:
@@ -86,9 +106,16 @@ class Validity:
         ratio = self.foreground_ratio
         return ratio is None or ratio <= self.foreground_limit
 
+    @property
+    def modality_valid(self) -> bool:
+        return self.ct_fraction is None or self.ct_fraction <= CT_FRACTION_LIMIT
+
     def reasons(self) -> list[str]:
         """Why the input is outside the model's competence (empty when valid), one sentence per reason."""
         out = []
+        if not self.modality_valid:
+            out.append(f"it looks like a CT, not an MR image: {self.ct_fraction:.0%} of its voxels are below "
+                       f"{CT_AIR_HU:g} (air in Hounsfield units; an MR image has no negative values)")
         if not self.style_valid:
             out.append(f"its image style is far from every image the model learned from (distance "
                        f"{self.score:.2f} > threshold {self.threshold:.2f})")
@@ -109,6 +136,7 @@ class Validity:
                 else round(float(self.training_foreground_ml), 2),
                 "foreground_ratio": None if ratio is None else round(ratio, 3),
                 "foreground_limit": float(self.foreground_limit),
+                "ct_fraction": None if self.ct_fraction is None else round(float(self.ct_fraction), 4),
                 "slice_scores": [None if not np.isfinite(s) else round(float(s), 4) for s in self.slice_scores]}
 
 

@@ -34,7 +34,7 @@ from gase.volume import Volume, write_volume
 from . import results, review, tables, views
 from .manifold import write_manifold_png
 from .nodes import ijk_to_ras_of, volume_from_node
-from .outputs import load_result, size_fields
+from .outputs import check_fields, load_result
 from .process import SegmentationProcess, segment_command
 from .verdict import Verdict
 
@@ -326,4 +326,4 @@ def _validity_from_json(data: dict) -> Validity:
     scores = np.asarray([np.nan if s is None else s for s in data.get("slice_scores", [])], dtype=np.float32)
     return Validity(bool(data["valid"]), float(data["score"]), float(data["threshold"]), scores,
                     points(data.get("embedding_2d")), points(data.get("reference_2d")),
-                    points(data.get("distances_2d")), points(data.get("reference_distances")), **size_fields(data))
+                    points(data.get("distances_2d")), points(data.get("reference_distances")), **check_fields(data))

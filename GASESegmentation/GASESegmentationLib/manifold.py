@@ -52,8 +52,9 @@ def write_manifold_png(validity: Validity, path, *, size_in: tuple[float, float]
     right.tick_params(labelsize=7)
     right.set_title(f"Volume score {validity.score:.2f}", fontsize=9)
 
-    size = f"\n{verdict.size_comparison}" if verdict.size_comparison else ""
-    fig.suptitle(f"{verdict.headline} ({verdict.style_comparison}){size}", fontsize=10, color=verdict.rgb,
+    others = ", ".join(t for t in (verdict.modality_comparison, verdict.size_comparison) if t)  # the checks besides style
+    others = f"\n{others}" if others else ""
+    fig.suptitle(f"{verdict.headline} ({verdict.style_comparison}){others}", fontsize=10, color=verdict.rgb,
                  fontweight="bold")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

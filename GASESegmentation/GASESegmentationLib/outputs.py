@@ -40,13 +40,13 @@ def validity_from_report(report: dict) -> Validity:
                     reference_2d=_points(manifold.get("reference_2d")),
                     distances_2d=_points(manifold.get("distances_2d")),
                     reference_distances=_points(manifold.get("reference_distances")),
-                    **size_fields(v))
+                    **check_fields(v))
 
 
-def size_fields(v: dict) -> dict:
-    """The structure-size part of a validity JSON dict as :class:`Validity` keyword arguments."""
+def check_fields(v: dict) -> dict:
+    """The structure-size and CT parts of a validity JSON dict as :class:`Validity` keyword arguments."""
     out = {}
-    for key in ("foreground_ml", "training_foreground_ml", "foreground_limit"):
+    for key in ("foreground_ml", "training_foreground_ml", "foreground_limit", "ct_fraction"):
         if v.get(key) is not None:
             out[key] = float(v[key])
     return out

@@ -16,7 +16,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 
-from gase.result import FOREGROUND_LIMIT, Validity
+from gase.result import CT_AIR_HU, CT_FRACTION_LIMIT, FOREGROUND_LIMIT, Validity
 from gase.validity_map import INVALID_RGB, VALID_RGB
 
 
@@ -30,25 +30,30 @@ class Verdict:
     reliability: float | None = None  # the model's expected Dice, mean over structures (None if unknown)
     foreground_ratio: float | None = None  # segmented structures / largest training total (None if unknown)
     foreground_limit: float = FOREGROUND_LIMIT
+    ct_fraction: float | None = None  # fraction of voxels below CT_AIR_HU (None if not measured)
 
     @staticmethod
     def from_validity(validity: Validity, reliability: float | None = None) -> "Verdict":
         return Verdict(bool(validity.valid), float(validity.score), float(validity.threshold), reliability,
-                       validity.foreground_ratio, float(validity.foreground_limit))
+                       validity.foreground_ratio, float(validity.foreground_limit), validity.ct_fraction)
 
     @staticmethod
     def from_json(report: dict) -> "Verdict":
         """From a ``<case>_report.json`` dict (``validity`` and optional ``reliability`` entries)."""
         v = report["validity"]
         rel = (report.get("reliability") or {}).get("expected_dice")
-        ratio = v.get("foreground_ratio")
+        ratio, ct = v.get("foreground_ratio"), v.get("ct_fraction")
         return Verdict(bool(v["valid"]), float(v["score"]), float(v["threshold"]),
                        None if rel is None else float(rel), None if ratio is None else float(ratio),
-                       float(v.get("foreground_limit", FOREGROUND_LIMIT)))
+                       float(v.get("foreground_limit", FOREGROUND_LIMIT)), None if ct is None else float(ct))
 
     @property
     def size_valid(self) -> bool:
         return self.foreground_ratio is None or self.foreground_ratio <= self.foreground_limit
+
+    @property
+    def modality_valid(self) -> bool:
+        return self.ct_fraction is None or self.ct_fraction <= CT_FRACTION_LIMIT
 
     @property
     def headline(self) -> str:
@@ -66,8 +71,13 @@ class Verdict:
             f"structures {self.foreground_ratio:.1f}x training size > {self.foreground_limit:g}x"
 
     @property
+    def modality_comparison(self) -> str:
+        """Empty unless the image looks like a CT (Hounsfield units), not an MR image."""
+        return "" if self.modality_valid else f"CT intensities: {self.ct_fraction:.0%} of voxels < {CT_AIR_HU:g}"
+
+    @property
     def comparison(self) -> str:
-        return ", ".join(t for t in (self.style_comparison, self.size_comparison) if t)
+        return ", ".join(t for t in (self.modality_comparison, self.style_comparison, self.size_comparison) if t)
 
     @property
     def rgb(self) -> tuple[float, float, float]:
@@ -82,7 +92,8 @@ class Verdict:
         if self.valid:
             details = self.comparison + ("" if self.reliability is None else f", expected Dice {self.reliability:.2f}")
             return f"GASE: input valid\n{details}"
-        why = (f"score {self.score:.2f} > threshold {self.threshold:.2f}" if self.score > self.threshold else
+        why = (self.modality_comparison if not self.modality_valid else
+               f"score {self.score:.2f} > threshold {self.threshold:.2f}" if self.score > self.threshold else
                f"structures {self.foreground_ratio:.1f}x training size (> {self.foreground_limit:g}x)")
         return f"GASE: OUTSIDE the model's competence\n{why}: do not trust this result"
 
@@ -90,6 +101,9 @@ class Verdict:
         if self.valid:
             return ("The image style lies within the range of images the model learned from, so its "
                     "segmentation and confidence can be used (review low-confidence regions).")
+        if not self.modality_valid:
+            return ("The image looks like a CT (Hounsfield units: air and fat below zero), not an MR image: the "
+                    "model segments MR images. The segmentation and the confidence map are not reliable.")
         if self.score <= self.threshold:  # the style is familiar; what it segmented is not
             return ("The structures the model found are far larger than in any of its training label maps: "
                     "this looks like another anatomy or a much larger field of view. The segmentation and the "

@@ -6,6 +6,10 @@ from dataclasses import asdict, dataclass
 from ..errors import InputError
 
 METHODS = ("gase", "erm", "randcurve")
+SAMPLING_MODES = ("balanced", "foreground")  # how training crops are drawn: gase.training.data.SliceSet.sample
+# What a record (model card, benchmark results) written before a setting existed was trained with. Only for
+# reading such records: a settings file without the key gets the current default.
+LEGACY_DEFAULTS = {"crop_sampling": "foreground"}
 
 
 @dataclass
@@ -55,6 +59,8 @@ class TrainConfig:
     adv_detach: bool = True                 # D's real/fake heads read detached features: the adversarial game
                                             # does not reshape the segmentation features
     amp: bool = True
+    crop_sampling: str = "balanced"         # training crops: "balanced" (per structure + 1/3 anywhere) or the
+                                            # earlier "foreground" (90% on any structure); see SliceSet.sample
 
     def validate(self) -> "TrainConfig":
         if self.method not in METHODS:
@@ -67,6 +73,8 @@ class TrainConfig:
             raise InputError("syn_fraction must be in (0, 1].")
         if self.w_consistency > 0 and self.syn_fraction < 1.0:
             raise InputError("w_consistency compares views of the same crops: it needs syn_fraction 1.0.")
+        if self.crop_sampling not in SAMPLING_MODES:
+            raise InputError(f"Unknown crop_sampling {self.crop_sampling!r}; use one of {', '.join(SAMPLING_MODES)}.")
         if self.batch_size < 1 or self.crop < 32 or self.crop % 16:
             raise InputError("batch_size must be >= 1 and crop a multiple of 16, at least 32.")
         return self

@@ -16,8 +16,10 @@ from ..labels import LabelInfo
 from ..orientation import reorientation_for
 from ..preprocess import Normalization, resample_slices, working_size
 from ..volume import Volume, case_name, iter_image_files, read_volume
+from .config import SAMPLING_MODES
 
 MIN_TRAIN_VOLUMES = 2
+ANY_STRUCTURE = 0  # SliceSet.sample: centre a crop on a voxel of any structure (background is never a target)
 
 
 def match_pairs(images_dir: Path, labels_dir: Path) -> list[tuple[Path, Path]]:
@@ -105,29 +107,61 @@ class SliceSet:
             size = max(max(x.shape[-2:]) for x in xs)
         return (torch.cat([_fit(x, size) for x in xs]), torch.cat([_fit(y, size) for y in ys]))
 
-    def sample(self, gen: torch.Generator, batch: int, crop: int, fg_prob: float = 0.9) -> tuple[torch.Tensor, torch.Tensor]:
-        """Random crops (B, 1, crop, crop) float32 and (B, crop, crop) int64, mostly centred near foreground."""
+    def sample(self, gen: torch.Generator, batch: int, crop: int, mode: str = "balanced",
+               any_prob: float = 1 / 3) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random crops (B, 1, crop, crop) float32 and (B, crop, crop) int64.
+
+        ``mode="balanced"`` (default): a crop is centred, with probability ``any_prob``, anywhere on any slice
+        (so the slices beyond the anatomy, which hold no label, are learnt as background); otherwise on a
+        voxel of one structure drawn uniformly among those the volume holds, on a slice that holds it (so a
+        thin or small structure is seen as often as a large one). As nnU-Net's foreground oversampling and
+        MONAI's ``RandCropByLabelClasses`` do, on precomputed per-structure slice lists.
+        ``mode="foreground"`` (models before 2026-11-28): 90% of crops centred on a voxel of any structure
+        on a slice that has one, 10% anywhere.
+        """
+        if mode not in SAMPLING_MODES:
+            raise ValueError(f"Unknown crop sampling {mode!r}; use one of {', '.join(SAMPLING_MODES)}.")
         xs, ys = [], []
         for _ in range(batch):
             v = int(torch.randint(len(self.images), (1,), generator=gen))
             x, y = self.images[v], self.labels[v]
-            fg_slices = torch.nonzero(y.flatten(1).amax(1) > 0).flatten()
-            use_fg = len(fg_slices) > 0 and float(torch.rand(1, generator=gen)) < fg_prob
-            s = int(fg_slices[torch.randint(len(fg_slices), (1,), generator=gen)]) if use_fg \
-                else int(torch.randint(x.shape[0], (1,), generator=gen))
-            xi, yi = x[s], y[s]
-            h, w = xi.shape
-            if use_fg:
-                pts = torch.nonzero(yi > 0)
+            h, w = x.shape[-2:]
+            index = self._index(v)
+            centre = None  # the label value the crop is centred on (ANY_STRUCTURE: any of them); None: anywhere
+            if mode == "foreground":
+                if ANY_STRUCTURE in index and float(torch.rand(1, generator=gen)) < 0.9:
+                    centre = ANY_STRUCTURE
+            else:
+                classes = [c for c in index if c != ANY_STRUCTURE]
+                if classes and float(torch.rand(1, generator=gen)) >= any_prob:
+                    centre = classes[int(torch.randint(len(classes), (1,), generator=gen))]
+            if centre is None:
+                s = int(torch.randint(x.shape[0], (1,), generator=gen))
+                cy, cx = int(torch.randint(h, (1,), generator=gen)), int(torch.randint(w, (1,), generator=gen))
+            else:
+                slices = index[centre]
+                s = int(slices[torch.randint(len(slices), (1,), generator=gen)])
+                pts = torch.nonzero(y[s] > 0 if centre == ANY_STRUCTURE else y[s] == centre)
                 cy, cx = pts[int(torch.randint(len(pts), (1,), generator=gen))].tolist()
                 jitter = torch.randint(-crop // 4, crop // 4 + 1, (2,), generator=gen).tolist()
                 cy, cx = cy + jitter[0], cx + jitter[1]
-            else:
-                cy = int(torch.randint(h, (1,), generator=gen))
-                cx = int(torch.randint(w, (1,), generator=gen))
-            xs.append(_crop(xi, cy, cx, crop))
-            ys.append(_crop(yi, cy, cx, crop))
+            xs.append(_crop(x[s], cy, cx, crop))
+            ys.append(_crop(y[s], cy, cx, crop))
         return torch.stack(xs)[:, None].float(), torch.stack(ys).long()
+
+    def _index(self, v: int) -> dict[int, torch.Tensor]:
+        """Volume ``v``'s slices per label value present (ANY_STRUCTURE: slices with any structure); cached."""
+        cache = self.__dict__.setdefault("_slice_index", {})
+        if v not in cache:
+            flat = self.labels[v].flatten(1).long()
+            present = torch.zeros(flat.shape[0], int(flat.max()) + 1, dtype=torch.bool)
+            present.scatter_(1, flat, True)
+            index = {int(c): torch.nonzero(present[:, c]).flatten() for c in range(1, present.shape[1])
+                     if bool(present[:, c].any())}
+            if index:
+                index[ANY_STRUCTURE] = torch.nonzero(present[:, 1:].any(1)).flatten()
+            cache[v] = index
+        return cache[v]
 
 
 def _crop(a: torch.Tensor, cy: int, cx: int, crop: int) -> torch.Tensor:

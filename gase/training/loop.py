@@ -327,7 +327,8 @@ def train(train_pairs: Sequence[tuple[Volume, np.ndarray, str]], val_pairs: Sequ
         if trainer.dist.any_rank(cfg.max_minutes is not None and  # [ddp]
                                  time.perf_counter() - t_start > 60 * cfg.max_minutes):
             break
-        x, y = train_set.sample(trainer.gen, trainer.dist.local_batch(cfg.batch_size), cfg.crop)  # [ddp] per rank
+        x, y = train_set.sample(trainer.gen, trainer.dist.local_batch(cfg.batch_size), cfg.crop,  # [ddp] per rank
+                                mode=cfg.crop_sampling)
         losses = trainer.step(x, y)
         losses = trainer.dist.mean_scalars(losses)  # [ddp]
         it = trainer.state.iteration
