@@ -38,6 +38,11 @@ CT_AIR_HU = -500.0
 CT_FRACTION_LIMIT = 0.05
 
 
+def ct_comparison(ct_fraction: float) -> str:
+    """The CT check's short text for titles and banners, e.g. "CT intensities: 45% of voxels < -500"."""
+    return f"CT intensities: {ct_fraction:.0%} of voxels < {CT_AIR_HU:g}"
+
+
 def fraction_below(array: np.ndarray, limit: float, slab_voxels: int = 1 << 24) -> float:
     """Fraction of ``array``'s voxels below ``limit``, slab by slab (no whole-volume temporary); 0.0 at once
     for unsigned integer images, which cannot hold a negative value."""

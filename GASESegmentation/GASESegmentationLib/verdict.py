@@ -16,7 +16,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 
-from gase.result import CT_AIR_HU, CT_FRACTION_LIMIT, FOREGROUND_LIMIT, Validity
+from gase.result import CT_FRACTION_LIMIT, FOREGROUND_LIMIT, Validity, ct_comparison
 from gase.validity_map import INVALID_RGB, VALID_RGB
 
 
@@ -73,7 +73,7 @@ class Verdict:
     @property
     def modality_comparison(self) -> str:
         """Empty unless the image looks like a CT (Hounsfield units), not an MR image."""
-        return "" if self.modality_valid else f"CT intensities: {self.ct_fraction:.0%} of voxels < {CT_AIR_HU:g}"
+        return "" if self.modality_valid else ct_comparison(self.ct_fraction)
 
     @property
     def comparison(self) -> str:
