@@ -38,6 +38,11 @@ CT_AIR_HU = -500.0
 CT_FRACTION_LIMIT = 0.05
 
 
+def looks_like_ct(ct_fraction: float | None) -> bool:
+    """The CT rule (None: not measured, e.g. a report from before the check)."""
+    return ct_fraction is not None and ct_fraction > CT_FRACTION_LIMIT
+
+
 def ct_comparison(ct_fraction: float) -> str:
     """The CT check's short text for titles and banners, e.g. "CT intensities: 45% of voxels < -500"."""
     return f"CT intensities: {ct_fraction:.0%} of voxels < {CT_AIR_HU:g}"
@@ -113,7 +118,7 @@ class Validity:
 
     @property
     def modality_valid(self) -> bool:
-        return self.ct_fraction is None or self.ct_fraction <= CT_FRACTION_LIMIT
+        return not looks_like_ct(self.ct_fraction)
 
     def reasons(self) -> list[str]:
         """Why the input is outside the model's competence (empty when valid), one sentence per reason."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 
-from gase.result import CT_FRACTION_LIMIT, FOREGROUND_LIMIT, Validity, ct_comparison
+from gase.result import FOREGROUND_LIMIT, Validity, ct_comparison, looks_like_ct
 from gase.validity_map import INVALID_RGB, VALID_RGB
 
 
@@ -53,7 +53,7 @@ class Verdict:
 
     @property
     def modality_valid(self) -> bool:
-        return self.ct_fraction is None or self.ct_fraction <= CT_FRACTION_LIMIT
+        return not looks_like_ct(self.ct_fraction)
 
     @property
     def headline(self) -> str:
