@@ -70,6 +70,9 @@ def test_quick_run_metrics_are_in_range(quick_run):
             assert _in(seg["source"]["dice"], 0, 1) and _in(seg["unseen"]["dice"], 0, 1)
             assert all(_in(r["reliability"]["expected_dice"], 0, 1) for r in test)
             assert _in(s["confidence"]["volume"]["expected_dice"]["spearman"], -1, 1)
+            stab = [r["reliability"]["stability"] for r in test]  # None: nothing segmented, nothing to check
+            assert all(v is None or _in(v, 0, 1) for v in stab) and any(v is not None for v in stab)
+            assert "stability" in s["confidence"]["volume"]
             for sc in ("confidence", "msp", "entropy"):
                 v = s["confidence"]["voxel"][sc]
                 assert _in(v["auroc_all"], 0, 1) and _in(v["auroc_near"], 0, 1)

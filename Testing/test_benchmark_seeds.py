@@ -89,3 +89,22 @@ def test_cli_writes_the_tables_and_only_the_readme_section(tmp_path, capsys):
         main([str(tmp_path / "out2"), folders[0], str(tmp_path / "missing")])
     assert "does not exist" in capsys.readouterr().err
     assert math.isfinite(saved["anatomies"]["knee"]["gase"]["ECE"][0])
+
+
+def test_a_gase_only_run_compares_with_full_runs_on_gase_alone():
+    """--methods gase: a GASE model re-evaluated on its own (no ERM / peer in its results) next to full runs."""
+    from benchmarks.seeds import only_methods
+
+    full = _run(0, 0.74, 0.72)
+    alone = _run(1, 0.76, 0.72)
+    alone["anatomies"]["knee"]["methods"] = {"gase": alone["anatomies"]["knee"]["methods"]["gase"]}
+    with pytest.raises(SeedsError, match="different methods"):
+        summarize([full, alone])
+    s = summarize(only_methods([full, alone], ["gase"]))
+    knee = s["anatomies"]["knee"]
+    assert list(knee["methods"]) == ["gase"] and knee["differences"] == {}
+    assert knee["methods"]["gase"]["unseen Dice"] == [0.74, 0.76]
+    assert math.isnan(knee["gase"]["Spearman(stability, Dice)"][0])  # these runs did not measure it: n/a
+    assert "| GASE | Spearman(stability, Dice) | n/a | n/a | **n/a** |" in build_markdown(s)
+    with pytest.raises(SeedsError, match="no randcurve"):
+        only_methods([full, alone], ["randcurve"])

@@ -48,6 +48,9 @@ def test_background_process_on_a_real_nrrd(tiny_model, knee_nrrd, direct, tmp_pa
     assert np.allclose(result.confidence.array, direct.confidence.array, atol=1e-6)
     assert result.validity.valid == direct.validity.valid
     assert result.validity.score == pytest.approx(direct.validity.score, abs=1e-3)
+    assert np.isfinite(direct.stability_overall)  # the stability comes back through the report
+    assert result.stability_overall == pytest.approx(direct.stability_overall, abs=1e-4)
+    assert result.stability_per_label == pytest.approx(direct.stability_per_label, abs=1e-4, nan_ok=True)
 
 
 def test_cancel_stops_the_real_process_within_two_seconds(tiny_model, knee_cases, tmp_path):

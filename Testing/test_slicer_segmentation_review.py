@@ -169,6 +169,25 @@ def test_reliability_table_and_threshold_changes(shown):
         rows["All structures"][0])
 
 
+def test_reliability_table_shows_the_stability(shown):
+    """The last column: the model's stability per structure and overall; it survives a threshold change."""
+    from GASESegmentationLib.tables import RELIABILITY_COLUMNS
+
+    scene, logic, input_node, case, outputs, _ = shown
+
+    def column():
+        t = outputs.reliability_table.GetTable()
+        col = [t.GetColumnName(c) for c in range(t.GetNumberOfColumns())].index(RELIABILITY_COLUMNS[6])
+        return {t.GetValue(r, 0).ToString(): t.GetValue(r, col).ToDouble() for r in range(t.GetNumberOfRows())}
+
+    stab = column()
+    for lab in KNEE_LABELS:
+        assert stab[lab.name] == pytest.approx(case.result.stability_per_label[lab.name], abs=1e-3)
+    assert stab["All structures"] == pytest.approx(case.result.stability_overall, abs=1e-3)
+    logic.set_threshold(outputs, 0.7)
+    assert column() == pytest.approx(stab)
+
+
 def test_slice_plot_and_jumping_to_a_slice(shown):
     from GASESegmentationLib.tables import slice_of_row
     from gase.orientation import reorientation_for

@@ -62,7 +62,8 @@ def _targets(res: dict) -> list[str]:
         ("ECE, 15 bins (all voxels / near structures)", "<= 0.05", lambda a: (
             get(a, "gase", "confidence", "voxel", "confidence", "ece_all"),
             get(a, "gase", "confidence", "voxel", "confidence", "ece_near"))),
-        ("Spearman(volume reliability, Dice): expected Dice / mean confidence", ">= 0.8", lambda a: (
+        ("Spearman(volume reliability, Dice): stability / expected Dice / mean confidence", ">= 0.8", lambda a: (
+            get(a, "gase", "confidence", "volume", "stability", "spearman"),
             get(a, "gase", "confidence", "volume", "expected_dice", "spearman"),
             get(a, "gase", "confidence", "volume", "confidence", "spearman"))),
         ("validity AUROC in vs OOD / false-invalid on source", ">= 0.98 / <= 1%", lambda a: (
@@ -74,7 +75,7 @@ def _targets(res: dict) -> list[str]:
         lambda v: (None if not all(map(math.isfinite, v)) else abs(v[0] - v[1]) <= 0.02, f"{_f(v[0])} vs ERM {_f(v[1])}"),
         lambda v: (None if not math.isfinite(v[0]) else v[0] >= 0.90, f"{_f(v[0])} / {_f(v[1])}"),
         lambda v: (None if not math.isfinite(v[0]) else v[0] <= 0.05, f"{_f(v[0])} / {_f(v[1])}"),
-        lambda v: (None if not math.isfinite(v[0]) else v[0] >= 0.8, f"{_f(v[0], 2)} / {_f(v[1], 2)}"),
+        lambda v: (None if not math.isfinite(v[0]) else v[0] >= 0.8, f"{_f(v[0], 2)} / {_f(v[1], 2)} / {_f(v[2], 2)}"),
         lambda v: (None if not all(map(math.isfinite, v)) else v[0] >= 0.98 and v[1] <= 0.01,
                    f"{_f(v[0])} / {_f(v[1], pct=True)}"),
     ]
@@ -111,10 +112,10 @@ def _confidence(a: dict) -> list[str]:
     label = {"confidence": "confidence head", "msp": "max softmax prob.", "entropy": "entropy"}
     for m, d in a["methods"].items():
         c = d["summary"]["confidence"]
-        if "expected_dice" in c["volume"]:
-            vol = c["volume"]["expected_dice"]
-            rows.append([METHOD_NAMES.get(m, m), "expected Dice (volume only)", "", "", "", "",
-                         _f(vol["spearman"], 2), _f(vol["aurc"], 4)])
+        for sc, name in (("stability", "stability (volume only)"), ("expected_dice", "expected Dice (volume only)")):
+            if sc in c["volume"]:
+                vol = c["volume"][sc]
+                rows.append([METHOD_NAMES.get(m, m), name, "", "", "", "", _f(vol["spearman"], 2), _f(vol["aurc"], 4)])
         for sc in ("confidence", "msp", "entropy"):
             v, vol = c["voxel"][sc], c["volume"][sc]
             rows.append([METHOD_NAMES.get(m, m), label[sc], _f(v["auroc_all"]), _f(v["auroc_near"]),
@@ -180,9 +181,11 @@ def build_markdown(res: dict, image_prefix: str = "") -> str:
         out += [f"## {name.capitalize()}", "", "Mean Dice per style (test volumes), HD95 medians:", "",
                 *_segmentation(a), "", "Dice per class:", "", *_per_class(a), "",
                 "Confidence (voxels of all test volumes; 'near structures' = predicted or true foreground dilated "
-                "by 2 voxels). Volume reliability = the model's expected Dice (mean over structures of 2T / (N + T + "
-                "FN): T the confidence summed over the N voxels predicted as the structure, FN the structure's "
-                "softmax probability on the other voxels), or the mean score over the predicted foreground:", "",
+                "by 2 voxels). Volume reliability = the model's stability (mean over structures of the Dice between "
+                "the mask and the masks predicted under small contrast and size changes, on up to 16 foreground "
+                "slices), its expected Dice (mean over structures of 2T / (N + T + FN): T the confidence summed "
+                "over the N voxels predicted as the structure, FN the structure's softmax probability on the other "
+                "voxels), or the mean score over the predicted foreground:", "",
                 *_confidence(a), "",
                 "Input validity (in = source-style test volumes, OOD = the kinds below; unseen MR styles reported "
                 "apart):", "", *_validity(a), "",

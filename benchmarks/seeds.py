@@ -32,6 +32,7 @@ SAME = ("seed", "iterations", "batch_size", "crop", "crop_sampling", "scale", "t
 SEG = (("source Dice", ("segmentation", "source", "dice")), ("unseen Dice", ("segmentation", "unseen", "dice")))
 GASE_ONLY = (("failure AUROC", ("confidence", "voxel", "confidence", "auroc_all"), 3),
              ("ECE", ("confidence", "voxel", "confidence", "ece_all"), 3),
+             ("Spearman(stability, Dice)", ("confidence", "volume", "stability", "spearman"), 2),
              ("Spearman(expected Dice, Dice)", ("confidence", "volume", "expected_dice", "spearman"), 2),
              ("validity AUROC", ("validity", "auroc"), 3),
              ("false-invalid on source", ("validity", "false_invalid_source"), 3))
@@ -53,6 +54,21 @@ def _get(res: dict, anatomy: str, method: str, path: tuple[str, ...]) -> float:
             return float("nan")
         d = d.get(p)
     return float("nan") if d is None else float(d)
+
+
+def only_methods(runs: list[dict], methods: list[str]) -> list[dict]:
+    """The runs with just ``methods`` (e.g. ``["gase"]``: a GASE model re-evaluated on its own next to full
+    runs); :class:`SeedsError` if a run lacks one of them."""
+    out = []
+    for r in runs:
+        anats = {}
+        for a, d in r["anatomies"].items():
+            missing = [m for m in methods if m not in d["methods"]]
+            if missing:
+                raise SeedsError(f"a run has no {', '.join(missing)} on {a}")
+            anats[a] = {**d, "methods": {m: d["methods"][m] for m in methods}}
+        out.append({**r, "anatomies": anats})
+    return out
 
 
 def check_runs(runs: list[dict]) -> None:
@@ -137,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.seeds", description=__doc__.split("\n\n")[0])
     ap.add_argument("out", type=Path, help="folder for SEEDS.md and seeds.json")
     ap.add_argument("runs", type=Path, nargs="+", help="results folders (each with a results.json of both anatomies)")
+    ap.add_argument("--methods", nargs="+", choices=["erm", "randcurve", "gase"],
+                    help="compare only these methods (runs may hold more)")
     ap.add_argument("--update-readme", nargs="?", const=ROOT / "README.md", type=Path, default=None, metavar="README",
                     help="rewrite the README's seeds section (between its markers)")
     args = ap.parse_args(argv)
@@ -147,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"{path} does not exist: give results folders of finished benchmark runs")
         runs.append(json.loads(path.read_text()))
     try:
+        if args.methods:
+            runs = only_methods(runs, args.methods)
         summary = summarize(runs)
     except SeedsError as exc:
         ap.error(str(exc))

@@ -12,8 +12,9 @@ import numpy as np
 from .metrics import aurc, ece, failure_auroc, reliability_bins, roc_points, spearman
 
 CONFIDENCE_SCORES = ("confidence", "msp", "entropy")   # the model's confidence head, and two baselines
-# volume reliabilities: the model's expected Dice, then the mean of each voxel score over the predicted foreground
-VOLUME_SCORES = ("expected_dice", *CONFIDENCE_SCORES)
+# volume reliabilities: the model's stability and expected Dice, then the mean of each voxel score over the
+# predicted foreground
+VOLUME_SCORES = ("stability", "expected_dice", *CONFIDENCE_SCORES)
 
 
 def _nanmean(x) -> float:
@@ -67,7 +68,7 @@ def confidence_summary(voxels: dict[str, np.ndarray], records: list[dict]) -> di
     volume = {}
     for score in VOLUME_SCORES:
         if not test or any(score not in r["reliability"] for r in test):
-            continue  # results of an older run (no expected Dice)
+            continue  # results of an older run (no stability or expected Dice)
         rel = np.array([np.nan if r["reliability"][score] is None else r["reliability"][score] for r in test],
                        dtype=np.float64)
         area, cov, sel = aurc(rel, risk)

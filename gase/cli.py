@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("segment", help="segment image files or DICOM folders with a model",
                        description="For each INPUT (NRRD, NIfTI, MHA file or DICOM series folder) writes "
                                    "<case>.seg.nrrd (Slicer segmentation), <case>_confidence.nrrd (per-voxel "
-                                   "confidence 0..1) and <case>_report.json (validity verdict, expected Dice and mean confidence per structure, volumes).")
+                                   "confidence 0..1) and <case>_report.json (validity verdict, expected Dice, stability and mean confidence per structure, volumes).")
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("--model", default=None, help="model folder (default: the shipped knee demo model)")
     p.add_argument("--out", required=True, help="output folder")

@@ -76,8 +76,10 @@ def render_overview(rows: list[dict], path: Path, title: str) -> Path:
         v = row["report"]["validity"]
         ok = v["valid"]
         dice = row["report"]["reliability"].get("expected_dice")
+        stab = row["report"]["reliability"].get("stability")
+        stab = "" if stab is None else f", stability {stab:.2f}"
         # an input outside the model's competence gets no quality estimate: the model's own would mislead
-        ax.set_title("GASE mask\n" + (f"expected Dice {dice:.2f}" if ok and dice is not None else
+        ax.set_title("GASE mask\n" + (f"expected Dice {dice:.2f}{stab}" if ok and dice is not None else
                                       "expected Dice: none (input not valid)" if not ok else "expected Dice n/a"),
                      fontsize=9)
         ax.axis("off")
@@ -146,7 +148,7 @@ def run_demo(args: argparse.Namespace) -> int:
         result = predictor.predict(volume)
         paths = write_outputs(result, out_dir, case, overwrite=args.overwrite)
         v = result.validity
-        dice = f"expected Dice {result.expected_dice_overall:.2f}" if v.valid else "no Dice estimate    "
+        dice = result.quality_text() if v.valid else "no Dice estimate, no stability      "
         print(f"  {case:22s} {'VALID' if v.valid else 'NOT VALID':9s} score {v.score:7.2f} (threshold {v.threshold:.2f})"
               f"  {dice}  {result.seconds:.1f} s  -> {paths['segmentation'].name}")
         for reason in v.reasons():

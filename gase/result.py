@@ -159,7 +159,9 @@ class SegmentationResult:
     - ``reliability``: mean confidence in the predicted foreground, ``overall`` and per label name
       (the paper's mask reliability).
     - ``expected_dice``: the Dice the model expects for each structure and their mean (see
-      :func:`gase.predictor.expected_dice`); the volume reliability that ranks results by quality.
+      :func:`gase.predictor.expected_dice`).
+    - ``stability``: per label name and overall, how much of the mask survives small changes of
+      contrast and size (mean Dice against re-segmented views, see :meth:`gase.predictor.Predictor.stability`).
     - ``validity``: input-validity verdict.
     """
 
@@ -175,6 +177,15 @@ class SegmentationResult:
     extra: dict = field(default_factory=dict)
     expected_dice_overall: float = float("nan")
     expected_dice_per_label: dict[str, float] = field(default_factory=dict)
+    stability_overall: float = float("nan")
+    stability_per_label: dict[str, float] = field(default_factory=dict)
+
+    def quality_text(self) -> str:
+        """"expected Dice 0.78, stability 0.93" (n/a where a number is unknown), for one-line summaries."""
+        def fmt(v: float) -> str:
+            return f"{v:.2f}" if np.isfinite(v) else "n/a"
+
+        return f"expected Dice {fmt(self.expected_dice_overall)}, stability {fmt(self.stability_overall)}"
 
     def report(self) -> dict:
         """The JSON report written next to the outputs (``<case>_report.json``)."""
@@ -189,7 +200,9 @@ class SegmentationResult:
                             "per_label": {k: _json_number(v) for k, v in self.reliability_per_label.items()},
                             "expected_dice": _json_number(self.expected_dice_overall),
                             "expected_dice_per_label": {k: _json_number(v)
-                                                        for k, v in self.expected_dice_per_label.items()}},
+                                                        for k, v in self.expected_dice_per_label.items()},
+                            "stability": _json_number(self.stability_overall),
+                            "stability_per_label": {k: _json_number(v) for k, v in self.stability_per_label.items()}},
             "volumes_ml": {lab.name: round(float(counts[lab.value]) * vox_ml, 3) for lab in self.label_table},
             **self.extra,
         }

@@ -188,7 +188,8 @@ class GASESegmentationLogic:
         rows = tables.reliability_rows(result.labels, result.confidence, result.label_table, threshold,
                                        result.reliability_per_label,
                                        {**result.expected_dice_per_label, tables.ALL_STRUCTURES: reliability},
-                                       removed_by_postprocessing(result))
+                                       removed_by_postprocessing(result),
+                                       {**result.stability_per_label, tables.ALL_STRUCTURES: result.stability_overall})
         table = tables.update_reliability_table(input_volume, rows)
         mean, low = review.slice_confidence(result.labels, result.confidence, _slices_of(result.labels, plane),
                                             threshold)
@@ -225,10 +226,10 @@ class GASESegmentationLogic:
         """New confidence threshold: overlay, reliability table ("below threshold") and slice plot follow."""
         results.set_threshold(outputs.confidence, threshold)
         labels, confidence, table = self.current_volumes(outputs)
-        dice, reliability, removed = tables.model_numbers(outputs.reliability_table)  # the model's own numbers stay
-        outputs.reliability_table = tables.update_reliability_table(
+        dice, reliability, removed, stability = tables.model_numbers(outputs.reliability_table)  # the model's own
+        outputs.reliability_table = tables.update_reliability_table(                           # numbers stay
             outputs.input_volume, tables.reliability_rows(labels, confidence, table, threshold, reliability, dice,
-                                                          removed))
+                                                          removed, stability))
         mean, low = review.slice_confidence(labels, confidence, _slices_of(labels, outputs.plane), threshold)
         outputs.slice_plot = tables.update_slice_plot(outputs.input_volume, mean, low, outputs.plane, threshold)
 

@@ -72,6 +72,8 @@ def load_result(outputs: JobOutputs, grid: np.ndarray | None = None) -> Segmenta
     overall = rel.get("overall")
     dice = rel.get("expected_dice")
     dice_per_label = {k: (np.nan if v is None else float(v)) for k, v in (rel.get("expected_dice_per_label") or {}).items()}
+    stab = rel.get("stability")
+    stab_per_label = {k: (np.nan if v is None else float(v)) for k, v in (rel.get("stability_per_label") or {}).items()}
     extra = {k: v for k, v in report.items() if k not in ("validity", "reliability", "model", "device", "seconds")}
     return SegmentationResult(
         labels=labels, confidence=Volume(confidence.array.astype(np.float32, copy=False), confidence.ijk_to_ras),
@@ -79,4 +81,5 @@ def load_result(outputs: JobOutputs, grid: np.ndarray | None = None) -> Segmenta
         reliability_per_label=per_label, validity=validity_from_report(report),
         model_name=str(report.get("model", "")), device=str(report.get("device", "")),
         seconds=float(report.get("seconds", 0.0)), extra=extra,
-        expected_dice_overall=np.nan if dice is None else float(dice), expected_dice_per_label=dice_per_label)
+        expected_dice_overall=np.nan if dice is None else float(dice), expected_dice_per_label=dice_per_label,
+        stability_overall=np.nan if stab is None else float(stab), stability_per_label=stab_per_label)

@@ -24,7 +24,7 @@ ROLE_SLICE_SERIES_MEAN = "slice-series-mean"
 ROLE_SLICE_SERIES_LOW = "slice-series-low"
 
 RELIABILITY_COLUMNS = ("Structure", "Expected Dice", "Mean confidence", "Volume (mL)", "Below threshold (%)",
-                       "Removed parts (mL)")
+                       "Removed parts (mL)", "Stability")
 SLICE_COLUMNS = ("Slice", "Mean confidence", "Fraction below threshold")
 
 
@@ -35,15 +35,17 @@ def _number(v) -> float:
     return float("nan") if v is None else float(v)
 
 
-def model_numbers(table_node) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
-    """(expected Dice, mean confidence, removed mL) per row name, read back from a reliability table
-    node: the model's own numbers, kept when the table is rebuilt for a new threshold or edited segments."""
-    dice, conf, removed = {}, {}, {}
+def model_numbers(table_node) -> tuple[dict[str, float], dict[str, float], dict[str, float], dict[str, float]]:
+    """(expected Dice, mean confidence, removed mL, stability) per row name, read back from a reliability
+    table node: the model's own numbers, kept when the table is rebuilt for a new threshold or edited
+    segments."""
+    dice, conf, removed, stability = {}, {}, {}, {}
     if table_node is None:
-        return dice, conf, removed
+        return dice, conf, removed, stability
     t = table_node.GetTable()
     col = {t.GetColumnName(c): c for c in range(t.GetNumberOfColumns())}
-    dice_col, conf_col, removed_col = RELIABILITY_COLUMNS[1], RELIABILITY_COLUMNS[2], RELIABILITY_COLUMNS[5]
+    dice_col, conf_col, removed_col, stab_col = (RELIABILITY_COLUMNS[1], RELIABILITY_COLUMNS[2], RELIABILITY_COLUMNS[5],
+                                                 RELIABILITY_COLUMNS[6])
     for r in range(t.GetNumberOfRows()):
         name = t.GetValue(r, 0).ToString()
         if dice_col in col:
@@ -52,7 +54,9 @@ def model_numbers(table_node) -> tuple[dict[str, float], dict[str, float], dict[
             conf[name] = t.GetValue(r, col[conf_col]).ToDouble()
         if removed_col in col and name != ALL_STRUCTURES:
             removed[name] = t.GetValue(r, col[removed_col]).ToDouble()
-    return dice, conf, removed
+        if stab_col in col:
+            stability[name] = t.GetValue(r, col[stab_col]).ToDouble()
+    return dice, conf, removed, stability
 
 
 @dataclass(frozen=True)
@@ -64,20 +68,25 @@ class ReliabilityRow:
     below_percent: float    # % of the structure's voxels with confidence below the threshold; NaN if absent
     removed_ml: float = float("nan")  # volume the post-processing moved to background (parts apart from the
                                       # structure's largest one); NaN where the model does not post-process it
+    stability: float = float("nan")   # how much of the mask survives small contrast and size changes (Dice
+                                      # against re-segmented views, gase.predictor.Predictor.stability)
 
 
 def reliability_rows(labels: Volume, confidence: Volume, label_table: Sequence[LabelInfo],
                      threshold: float, reliability: dict[str, float] | None = None,
                      expected_dice: dict[str, float] | None = None,
-                     removed_ml: dict[str, float] | None = None) -> list[ReliabilityRow]:
+                     removed_ml: dict[str, float] | None = None,
+                     stability: dict[str, float] | None = None) -> list[ReliabilityRow]:
     """One row per structure and a last "All structures" row.
 
     ``reliability`` (the model's own per-label mean confidence, when known) is used as is; otherwise the
     mean confidence over the structure's voxels is computed. ``expected_dice`` (per label name, and
     "All structures") only comes from the model: it needs the softmax probabilities; NaN where unknown.
     ``removed_ml`` (per label name) is what the model's post-processing removed; NaN where not given.
+    ``stability`` (per label name, and "All structures") also only comes from the model.
     """
     expected_dice = expected_dice or {}
+    stability = stability or {}
     removed_ml = {k: float(v) for k, v in (removed_ml or {}).items() if v is not None and np.isfinite(v)}
     lab = labels.array.ravel()
     conf = confidence.array.ravel().astype(np.float64)
@@ -94,13 +103,14 @@ def reliability_rows(labels: Volume, confidence: Volume, label_table: Sequence[L
         rel = float(given) if given is not None else mean
         rows.append(ReliabilityRow(t.name, _number(expected_dice.get(t.name)), rel, c * voxel_ml,
                                    100.0 * below[t.value] / c if c else float("nan"),
-                                   _number(removed_ml.get(t.name))))
+                                   _number(removed_ml.get(t.name)), _number(stability.get(t.name))))
     values = [t.value for t in label_table]
     c_all = counts[values].sum()
     mean_all = float(sums[values].sum() / c_all) if c_all else float("nan")
     rows.append(ReliabilityRow(ALL_STRUCTURES, _number(expected_dice.get(ALL_STRUCTURES)), mean_all, c_all * voxel_ml,
                                100.0 * below[values].sum() / c_all if c_all else float("nan"),
-                               sum(removed_ml.values()) if removed_ml else float("nan")))
+                               sum(removed_ml.values()) if removed_ml else float("nan"),
+                               _number(stability.get(ALL_STRUCTURES))))
     return rows
 
 
@@ -122,7 +132,7 @@ def update_reliability_table(input_node, rows: Sequence[ReliabilityRow]):
     for row in rows:
         names.InsertNextValue(row.structure)
         for column, value in zip(numbers, (row.expected_dice, row.reliability, row.volume_ml, row.below_percent,
-                                                  row.removed_ml)):
+                                                  row.removed_ml, row.stability)):
             column.InsertNextValue(round(float(value), 3) if np.isfinite(value) else float("nan"))
     node.SetAndObserveTable(table)
     node.SetUseColumnTitleAsColumnHeader(True)

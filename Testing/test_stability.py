@@ -1,0 +1,116 @@
+"""Stability: how much of each mask survives small changes of contrast and size (test-time views)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gase.labels import KNEE_LABELS
+from gase.predictor import STABILITY_VIEWS, Predictor, run_slices
+
+DEMO_MODEL = Path(__file__).resolve().parents[1] / "Resources" / "Models" / "knee-demo"
+
+
+def _dice_per_label(a: np.ndarray, b: np.ndarray) -> dict[int, float]:
+    out = {}
+    for lab in KNEE_LABELS:
+        n = int((a == lab.value).sum() + (b == lab.value).sum())
+        out[lab.value] = 2.0 * int(((a == lab.value) & (b == lab.value)).sum()) / n if n else float("nan")
+    return out
+
+
+def test_stability_matches_a_direct_computation(tiny_model, knee_cases, one_thread):
+    """Every foreground slice segmented again under each view, Dice against the mask per view and label,
+    averaged over the views: the same numbers, through several batches."""
+    from gase.orientation import reorientation_for
+
+    predictor = Predictor.from_folder(tiny_model, device="cpu", batch_size=3)
+    predictor.card.postprocessing = {}  # compare with the network's own mask
+    predictor.stability_slices = 10_000  # every foreground slice
+    img, _ = knee_cases[2]
+    res = predictor.predict(img)
+    reo = reorientation_for(img, predictor.card.plane)
+    canon, base = reo.forward(img.array), reo.forward(res.labels.array)
+    fg = [i for i in range(base.shape[0]) if base[i].any()]
+    assert fg, "the tiny model segments something"
+    lo, hi = predictor.normalization.intensity_range(img.array)
+    sp = reo.spacing[1:]
+    per_view = []
+    with torch.inference_mode():
+        x, _ = predictor._to_device(canon[fg], lo, hi)
+        for kind, amount in STABILITY_VIEWS:
+            xv, spv = (x.clamp(min=0) ** amount, sp) if kind == "gamma" else (x, (sp[0] * amount, sp[1] * amount))
+            out = run_slices(predictor.model, xv, spv, predictor.card.input_spacing_mm,
+                             predictor.model.segmenter.divisor, False)
+            per_view.append(_dice_per_label(base[fg], out.labels.numpy()))
+    for lab in KNEE_LABELS:
+        vals = [d[lab.value] for d in per_view]
+        if all(math.isfinite(v) for v in vals):
+            assert res.stability_per_label[lab.name] == pytest.approx(np.mean(vals), abs=1e-9)
+        else:
+            assert math.isnan(res.stability_per_label[lab.name])
+    finite = [v for v in res.stability_per_label.values() if math.isfinite(v)]
+    assert res.stability_overall == pytest.approx(np.mean(finite))
+    rep = res.report()["reliability"]
+    assert rep["stability"] == pytest.approx(res.stability_overall, abs=1e-4)
+    assert set(rep["stability_per_label"]) == {t.name for t in KNEE_LABELS}
+
+
+def test_stability_leaves_the_segmentation_alone_and_can_be_switched_off(tiny_model, knee_cases, one_thread):
+    predictor = Predictor.from_folder(tiny_model, device="cpu")
+    img, _ = knee_cases[1]
+    with_check = predictor.predict(img)
+    predictor.stability_slices = 0
+    without = predictor.predict(img)
+    np.testing.assert_array_equal(with_check.labels.array, without.labels.array)
+    np.testing.assert_array_equal(with_check.confidence.array, without.confidence.array)
+    assert with_check.expected_dice_overall == without.expected_dice_overall
+    assert math.isfinite(with_check.stability_overall) and 0.0 <= with_check.stability_overall <= 1.0
+    assert math.isnan(without.stability_overall) and without.stability_per_label == {}
+    assert without.report()["reliability"]["stability"] is None
+
+
+def test_nothing_segmented_means_no_stability(tiny_model, knee_cases, one_thread):
+    """No foreground slice to check: no number (not a perfect score)."""
+    from gase.orientation import reorientation_for
+
+    predictor = Predictor.from_folder(tiny_model, device="cpu")
+    img, _ = knee_cases[0]
+    reo = reorientation_for(img, predictor.card.plane)
+    canon = reo.forward(img.array)
+    lo, hi = predictor.normalization.intensity_range(img.array)
+    assert predictor.stability(canon, np.zeros(canon.shape, np.uint8), lo, hi, reo.spacing[1:]) == {}
+
+
+def test_one_line_summary_names_both_numbers():
+    from gase.result import SegmentationResult
+
+    res = SegmentationResult.__new__(SegmentationResult)
+    res.expected_dice_overall, res.stability_overall = 0.781, 0.9349
+    assert res.quality_text() == "expected Dice 0.78, stability 0.93"
+    res.stability_overall = float("nan")
+    assert res.quality_text() == "expected Dice 0.78, stability n/a"
+
+
+def test_segment_command_prints_and_reports_the_stability(tiny_model, knee_cases, tmp_path, capsys):
+    import json
+    import re
+
+    from gase.cli import main
+    from gase.volume import write_volume
+
+    img, _ = knee_cases[3]
+    src = write_volume(img, tmp_path / "knee.nrrd")
+    code = main(["segment", str(src), "--model", str(tiny_model), "--out", str(tmp_path / "out"), "--device", "cpu"])
+    stdout = capsys.readouterr().out
+    assert code == 0
+    report = json.loads((tmp_path / "out" / "knee_report.json").read_text())
+    stab = report["reliability"]["stability"]
+    assert 0.0 <= stab <= 1.0 and set(report["reliability"]["stability_per_label"]) == {t.name for t in KNEE_LABELS}
+    if report["validity"]["valid"]:
+        assert re.search(rf"expected Dice \d\.\d\d, stability {stab:.2f}", stdout), stdout
+    else:
+        assert "no Dice estimate" in stdout
