@@ -114,3 +114,18 @@ def test_segment_command_prints_and_reports_the_stability(tiny_model, knee_cases
         assert re.search(rf"expected Dice \d\.\d\d, stability {stab:.2f}", stdout), stdout
     else:
         assert "no Dice estimate" in stdout
+
+
+def test_a_view_past_the_working_size_limit_is_left_out(tiny_model, knee_cases, one_thread, monkeypatch):
+    """Slices so large that reading them 1.25x bigger would pass the working-size limit still get a stability
+    (from the other views) instead of an error."""
+    import gase.predictor as gp
+
+    predictor = Predictor.from_folder(tiny_model, device="cpu")
+    img, _ = knee_cases[1]
+    ref = predictor.predict(img)
+    size = gp.checked_working_size(img.shape[1:], img.spacing[:2][::-1], predictor.card.input_spacing_mm)
+    monkeypatch.setattr(gp, "MAX_WORKING_PIXELS", int(np.prod(size) * 1.2))  # 1.25x (1.56x pixels) is over it
+    res = predictor.predict(img)
+    np.testing.assert_array_equal(res.labels.array, ref.labels.array)
+    assert math.isfinite(res.stability_overall) and res.stability_overall != ref.stability_overall

@@ -480,13 +480,16 @@ class Predictor:
         size = checked_working_size(canon.shape[1:], spacing_hw, self.card.input_spacing_mm)
         batch = batch or self.batch_for(canon.shape[1:], size)
         divisor = self.model.segmenter.divisor
-        confusion = torch.zeros((len(STABILITY_VIEWS), n_classes * n_classes), dtype=torch.int64)
+        # a view that would enlarge the slice past the working-size limit is left out (huge slices only)
+        views = [(k, a) for k, a in STABILITY_VIEWS if k != "scale" or np.prod(working_size(
+            canon.shape[1:], (spacing_hw[0] * a, spacing_hw[1] * a), self.card.input_spacing_mm)) <= MAX_WORKING_PIXELS]
+        confusion = torch.zeros((len(views), n_classes * n_classes), dtype=torch.int64)
         with torch.inference_mode():
             for s in range(0, pick.size, batch):
                 idx = pick[s:s + batch]
                 x, _ = self._to_device(canon[idx], lo, hi)
                 base = torch.from_numpy(np.ascontiguousarray(labels_c[idx])).to(self.device).long().reshape(-1)
-                for v, (kind, amount) in enumerate(STABILITY_VIEWS):
+                for v, (kind, amount) in enumerate(views):
                     xv, sp = (x.clamp(min=0) ** amount, spacing_hw) if kind == "gamma" else \
                         (x, (spacing_hw[0] * amount, spacing_hw[1] * amount))
                     out = run_slices(self._forward, xv, sp, self.card.input_spacing_mm, divisor, self.amp,
@@ -494,7 +497,7 @@ class Predictor:
                                      fixed_batch=batch if self.compiled else None)
                     codes = base * n_classes + out.labels.reshape(-1).long()
                     confusion[v] += torch.bincount(codes, minlength=n_classes * n_classes).cpu()
-        m = confusion.reshape(len(STABILITY_VIEWS), n_classes, n_classes).double()
+        m = confusion.reshape(len(views), n_classes, n_classes).double()
         inter = torch.diagonal(m, dim1=1, dim2=2)
         denom = m.sum(2) + m.sum(1)  # mask voxels + view voxels, per view and class
         out = {}
