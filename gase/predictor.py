@@ -461,9 +461,10 @@ class Predictor:
         Dice between the mask and the masks predicted under each of :data:`STABILITY_VIEWS`, averaged over
         the views, on up to :attr:`stability_slices` foreground slices spread evenly through the volume.
 
-        A test-time-augmentation agreement: where the model segments reliably, changes it was trained to
-        ignore change little; on scans unlike its training data its masks shift (the pairwise Dice of an
-        ensemble is the strongest volume-level failure detector in Zenk et al., MedIA 2025). ``canon``: the
+        A test-time-augmentation agreement: where the model segments reliably, changes just beyond its
+        training augmentation move its masks little; on scans unlike its training data they shift (the
+        pairwise Dice of an ensemble is the strongest volume-level failure detector in Zenk et al., MedIA
+        2025). ``canon``: the
         raw canonical slices (S, H, W); ``labels_c``: the predicted labels in the same layout; ``batch``:
         slices per pass (default :meth:`batch_for`; :meth:`predict` passes the one its own passes ended
         with, after any out-of-memory halving). Empty dict when disabled or nothing was segmented; NaN for
