@@ -86,6 +86,30 @@ def test_quick_run_metrics_are_in_range(quick_run):
 
 
 @pytest.mark.slow
+def test_gase_gets_the_runs_erm_model_as_its_source_expert(quick_run):
+    from safetensors.torch import load_file
+
+    out, res = quick_run
+    for a in ("knee", "pelvis"):
+        folder = out / "models" / f"{a}-gase"
+        card = json.loads((folder / "model.json").read_text())
+        assert card["source_expert"]["training"]["config"]["method"] == "erm"
+        x = load_file(str(folder / "expert.safetensors"))
+        y = load_file(str(out / "models" / f"{a}-erm" / "weights.safetensors"))
+        assert all(torch.equal(x[k], y[k]) for k in y)
+        t = res["meta"]["training"]
+        assert t[f"{a}/gase"]["source_expert_seconds"] == t[f"{a}/erm"]["seconds"]
+        assert t[f"{a}/gase"]["seconds"] == pytest.approx(card["training"]["seconds"] + t[f"{a}/erm"]["seconds"], abs=0.11)
+        recs = [r for r in res["anatomies"][a]["methods"]["gase"]["records"] if r["group"] != "ood"]
+        assert all(isinstance(r["source_expert"]["used"], bool) for r in recs)
+        used = res["anatomies"][a]["methods"]["gase"]["summary"]["segmentation"]["source_expert_used"]
+        assert sum(n for _, n in used.values()) == len(recs)
+        assert sum(k for k, _ in used.values()) == sum(r["source_expert"]["used"] for r in recs)
+        assert "source_expert" not in res["anatomies"][a]["methods"]["erm"]["records"][0]
+    assert "volumes its source expert segmented" in (out / "RESULTS.md").read_text()
+
+
+@pytest.mark.slow
 def test_readme_results_section_is_rewritten_only_between_markers(quick_run, tmp_path):
     out, _ = quick_run
     readme = tmp_path / "README.md"
@@ -114,12 +138,18 @@ def test_reuse_models_reevaluates_without_training(quick_run, tmp_path):
     card_path = models / "knee-gase" / "model.json"
     card = json.loads(card_path.read_text())
     written = card["validity"].pop("training_foreground_ml")
+    # ... and a GASE model from before source experts gets the run's ERM model attached, as training does now
+    card.pop("source_expert")
+    for name in ("expert.safetensors", "expert_validity.safetensors"):
+        card["files"].pop(name)
+        (models / "knee-gase" / name).unlink()
     card_path.write_text(json.dumps(card))
     again = tmp_path / "again"
     args = ["--quick", "--anatomy", "knee", "--out", str(again), "--device", "cpu", "--threads", "1",
             "--models-dir", str(models), "--reuse-models"]
     main(args)
     assert json.loads(card_path.read_text())["validity"]["training_foreground_ml"] == written
+    assert json.loads(card_path.read_text())["source_expert"]["training"]["config"]["method"] == "erm"
     res2 = json.loads((again / "results.json").read_text())
     assert not any(k.startswith("train ") for k in res2["meta"]["wall_s"])
     assert res2["meta"]["training"]["knee/gase"]["seconds"] == res["meta"]["training"]["knee/gase"]["seconds"]

@@ -24,7 +24,7 @@ def test_card_documents_the_recipe_and_metrics():
     assert card.training["recipe"].endswith("knee-demo.recipe.sh")
     assert 0.0 < card.metrics["validation_dice"]["mean"] <= 1.0
     size = sum(p.stat().st_size for p in default_model_folder().glob("*.safetensors"))
-    assert size < 8 * 2**20  # a few MB
+    assert size < 16 * 2**20  # a few MB each: the GASE segmenter, its source expert, the generator
 
 
 def test_source_style_knee_is_valid_and_segmented(demo):

@@ -218,3 +218,29 @@ def test_a_result_too_oblique_for_the_model_plane_still_shows(slicer_app_logic, 
     node = add_volume_node(slicer_app_logic.GetMRMLScene(), case.image, "tilted")
     outputs = GASESegmentationLogic().show_result(node, case.result, plane="sagittal")
     assert outputs.slice_plot.table.GetTable().GetNumberOfRows() > 0  # per stored slice instead
+
+
+def test_which_network_segmented_is_kept_in_the_scene_and_shown_in_the_banner(slicer_app_logic, oblique_grid,
+                                                                             knee_result):
+    """A model with a source expert says which network segmented; the banner shows it, also after the
+    outputs are found again in the scene (e.g. after the module was reopened)."""
+    from GASESegmentationLib.logic import GASESegmentationLogic
+    from GASESegmentationLib.nodes import add_volume_node
+    from GASESegmentationLib.verdict import Verdict
+
+    scene = slicer_app_logic.GetMRMLScene()
+    image, result, _ = knee_result(oblique_grid(), shape=(20, 40, 40))
+    node = add_volume_node(scene, image, "knee")
+    logic = GASESegmentationLogic()
+    assert logic.show_result(node, result, plane="sagittal").segmented_by == ""  # no expert: nothing said
+    assert "egmented by" not in logic.outputs_for(node).verdict.banner_html()
+    result.extra["source_expert"] = {"used": True, "style_score": 1.2, "threshold": 1.9}
+    shown = logic.show_result(node, result, plane="sagittal")
+    found = logic.outputs_for(node)
+    for outputs in (shown, found):
+        assert outputs.segmented_by == "segmented by the source-style expert (the scan is in the training style)"
+        assert "Segmented by the source-style expert (the scan is in the training style)." in \
+            outputs.verdict.banner_html()
+    assert Verdict.from_json(result.report()).segmented_by == shown.segmented_by
+    result.extra["source_expert"] = {"used": False, "style_score": 3.0, "threshold": 1.9}
+    assert "Segmented by the GASE segmenter" in logic.show_result(node, result, plane="sagittal").verdict.banner_html()

@@ -83,16 +83,21 @@ def test_train_in_background_stop_resume_and_register(slicer_app_logic, mrml_sce
     events = _wait(resumed)
     assert resumed.succeeded, resumed.process.message
     assert resumed.status.resumed_from == stopped_at
-    assert [e["iteration"] for e in events if e["event"] == "progress"] == [10, 20, 24]
+    # the GASE run from its checkpoint, then its source expert's run (the same budget, from the start)
+    assert [(e.get("phase"), e["iteration"]) for e in events if e["event"] == "progress"] == \
+        [("gase", i) for i in (10, 20, 24) if i > stopped_at] + \
+        [("source expert", 10), ("source expert", 20), ("source expert", 24)]
+    assert resumed.status.phase == "source expert" and resumed.process.fraction == 1.0
     dice = resumed.status.final_dice
     assert 0.0 <= dice["mean"] <= 1.0 and set(dice) >= {"femur", "tibia", "mean"}
 
     # live curves in the scene: one row per progress event, one per validation
     charts = resumed.charts
-    assert charts.losses.GetTable().GetNumberOfRows() == 3
-    assert charts.dice.GetTable().GetNumberOfRows() == 3  # iterations 10, 20, 24
+    after_stop = len([i for i in (10, 20, 24) if i > stopped_at])  # this process's: 10, 20, 24 after the stop
+    assert charts.losses.GetTable().GetNumberOfRows() == after_stop
+    assert charts.dice.GetTable().GetNumberOfRows() == after_stop  # GASE's validations, not the expert's
     assert charts.chart.GetNumberOfPlotSeriesNodes() == charts.losses.GetTable().GetNumberOfColumns()  # losses + Dice
-    assert np.isfinite(charts.dice.GetTable().GetValue(2, 1).ToDouble())
+    assert np.isfinite(charts.dice.GetTable().GetValue(after_stop - 1, 1).ToDouble())
 
     card = logic.register(resumed)
     assert card.folder == (tmp_path / "models" / "knee-test").resolve()

@@ -183,16 +183,27 @@ def run(cfg: BenchConfig) -> dict:
             for m in cfg.methods:
                 cap = 2.0 * iterations * per_it[f"{a}/{m}"] / 60 + 0.5 if per_it else None  # safety cap only
                 folder = (cfg.models_dir or cfg.out / "models") / f"{a}-{m}"
+                # GASE's source expert is the ERM run with the same settings: when this run trains (or reuses)
+                # that model, GASE gets it instead of training it again (the same weights: CPU training is
+                # deterministic, Testing/test_source_expert.py), and its training time counts for GASE too
+                erm_folder = (cfg.models_dir or cfg.out / "models") / f"{a}-erm"
+                expert_from = erm_folder if m == "gase" and "erm" in cfg.methods else None
                 if cfg.reuse_models:
                     trained[f"{a}/{m}"] = reused[f"{a}/{m}"]
                     upgrade_reused_card(folder, training_pairs(d.train) + training_pairs(d.val))
+                    if m == "gase":
+                        if (erm_folder / "model.json").is_file():  # the expert it may be given: same settings?
+                            reused_training(erm_folder, train_cfg("erm", cfg.iterations or FULL_DEFAULT_ITERATIONS))
+                        trained[f"{a}/{m}"] = with_source_expert(folder, erm_folder, trained[f"{a}/{m}"])
                 else:
                     with stage(cfg, f"train {a}/{m}"):
                         tr = train(training_pairs(d.train), training_pairs(d.val), table, folder,
                                    train_cfg(m, iterations, cap), anatomy=a, plane=DEFAULT_PLANE[a],
-                                   name=f"bench-{a}-{m}", resume=False)
+                                   name=f"bench-{a}-{m}", resume=False, source_expert_from=expert_from)
                     trained[f"{a}/{m}"] = {"iterations": tr.iterations, "seconds": round(tr.seconds, 1),
                                            "val_dice": tr.val_dice}
+                    if expert_from is not None:
+                        trained[f"{a}/{m}"] = with_source_expert(folder, erm_folder, trained[f"{a}/{m}"])
                 with stage(cfg, f"evaluate {a}/{m}"):
                     ev = evaluate_model(Predictor.from_folder(folder, device=device), d, m, tuple(panel_styles), pool)
                     summary = summarize_model(ev.records, ev.voxels, entry["label_names"], d.source_style,
@@ -267,6 +278,26 @@ def upgrade_reused_card(folder: Path, pairs) -> None:
         write_card(card, folder)
         print(f"  {folder.name}: card given validity.training_foreground_ml = "
               f"{card.validity['training_foreground_ml']} (from the training labels)", flush=True)
+
+
+def with_source_expert(folder: Path, erm_folder: Path, record: dict) -> dict:
+    """The training record of the GASE model in ``folder`` with its source expert counted in. A model from
+    before source experts (``--reuse-models``) first gets the ERM model of the same run (same data and
+    settings: :func:`reused_training` checked both) attached, which is what its training now does."""
+    from gase.errors import InputError
+    from gase.model_card import attach_source_expert, load_card
+
+    card = load_card(folder)
+    if not card.source_expert:
+        if not (erm_folder / "model.json").is_file():
+            raise InputError(f"{folder} has no source expert and there is no ERM model at {erm_folder} to attach; "
+                             "run with --methods erm gase (the ERM run is the expert), or without --reuse-models.")
+        card = attach_source_expert(folder, erm_folder)
+        print(f"  {folder.name}: {erm_folder.name} attached as the source expert", flush=True)
+    expert_seconds = float(card.source_expert.get("training", {}).get("seconds", 0.0))
+    return {**record, "seconds": round(float(record["seconds"]) + expert_seconds, 1),
+            "source_expert_seconds": expert_seconds,
+            "val_dice": (card.metrics or {}).get("validation_dice", record.get("val_dice", {}))}
 
 
 def _git_commit() -> str:

@@ -97,6 +97,8 @@ def evaluate_model(predictor: Predictor, data: AnatomyData, method: str, panel_k
                                "confidence": res.reliability_overall, "msp": _fg_mean(probs["msp"], fg),
                                "entropy": 1.0 - _fg_mean(ent, fg)},
                "validity": {"score": float(v.score), "valid": bool(v.valid), "threshold": float(v.threshold)}}
+        if "source_expert" in res.extra:  # which network segmented it (GASE models with a source expert)
+            rec["source_expert"] = dict(res.extra["source_expert"])
         star = volume_point(v.distances_2d, v.score) if v.distances_2d is not None else None
         ev.manifold["volumes"].append({"group": case.group, "kind": case.kind, "case": case.name,
                                        "points": np.asarray(v.embedding_2d).round(3).tolist(),

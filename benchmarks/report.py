@@ -94,7 +94,14 @@ def _segmentation(a: dict) -> list[str]:
         rows.append([METHOD_NAMES.get(m, m), *(_f(s["per_style"][st]["dice"]) for st in styles),
                      f"**{_f(s['unseen']['dice'])}**", _f(s["drop"]), _f(s["source"]["hd95"], 1),
                      _f(s["unseen"]["hd95"], 1)])
-    return _table(header, rows)
+    out = _table(header, rows)
+    for m, d in a["methods"].items():
+        used = d["summary"]["segmentation"].get("source_expert_used")
+        if used:
+            out += ["", f"{METHOD_NAMES.get(m, m)}: volumes its source expert segmented (its own style manifold "
+                    "found them in the training style; the GASE segmenter did the rest): " +
+                    ", ".join(f"{st} {k}/{n}" for st, (k, n) in used.items()) + "."]
+    return out
 
 
 def _per_class(a: dict) -> list[str]:

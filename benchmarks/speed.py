@@ -13,7 +13,9 @@ Rows of the table:
   encoder, one pass).
 - ``gase``: :meth:`gase.predictor.Predictor.predict` end to end, from a numpy array in host memory to
   labels, confidence and the validity verdict in host memory (normalisation, transfers, argmax,
-  reliability sums and the manifold score included). The ratio is ``gase / bare``.
+  reliability sums and the manifold score included). The ratio is ``gase / bare``. Also without the
+  stability check, and for a model with a source expert each path: the expert segments (its pass, then
+  GASE's encoder-only validity pass), the expert declines (its pass, then GASE's), GASE alone.
 
 Without ``--model`` an UNTRAINED model folder with the default architecture is built (random weights,
 validity fitted on random features): it costs exactly what a trained model costs, and the output says so.
@@ -246,6 +248,8 @@ def main(argv=None) -> int:
         row["peak_memory_kind"] = "torch.cuda.max_memory_allocated" if device.type == "cuda" else "peak RSS (process)"
         row["validity_score"] = round(float(res.validity.score), 4)
         row["result_device"] = res.device
+        if "source_expert" in res.extra:
+            row["source_expert"] = res.extra["source_expert"]
         if before is not None:
             row["input_unchanged"] = bool(np.array_equal(before, volume.array))
         rows[f"gase_{dtype}"] = row
@@ -256,6 +260,16 @@ def main(argv=None) -> int:
         holder.pop("result")
         predictor.stability_slices = keep
         rows[f"gase_{dtype}_without_stability"] = summarise(walls, cpus, args.slices)
+        if predictor.expert is not None:  # a model with a source expert: each path through predict, timed
+            card = predictor.expert.card
+            keep_threshold = card.validity["threshold"]
+            for key, route, threshold in (("expert_segments", "expert", keep_threshold),
+                                          ("expert_declines", "auto", 0.0), ("gase_only", "gase", keep_threshold)):
+                predictor.route, card.validity["threshold"] = route, threshold
+                walls, cpus = timed(run_gase, repeats, device)
+                rows[f"gase_{dtype}_{key}"] = summarise(walls, cpus, args.slices)
+                rows[f"gase_{dtype}_{key}"]["source_expert"] = holder.pop("result").extra.get("source_expert")
+            predictor.route, card.validity["threshold"] = "auto", keep_threshold
         del volume
 
     if not args.no_bare:

@@ -39,6 +39,10 @@ def segmentation_summary(records: list[dict], label_names: list[str], styles: li
                             "per_class": {n: _nanmean(r["dice"][n] for r in rs) for n in label_names},
                             "hd95_per_class": {n: _nanmedian(r["hd95"][n] for r in rs) for n in label_names}}
     out = {"per_style": per_style}
+    if any("source_expert" in r for r in test):  # how many volumes of each style the source expert segmented
+        out["source_expert_used"] = {st: [sum(bool(r.get("source_expert", {}).get("used")) for r in test
+                                               if r["kind"] == st), sum(r["kind"] == st for r in test)]
+                                     for st in styles}
     for group in ("source", "unseen"):
         rs = [r for r in test if r["group"] == group]
         out[group] = {"dice": _nanmean(r["dice_mean"] for r in rs), "hd95": _nanmedian(r["hd95_mean"] for r in rs),

@@ -154,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=None,
                    help="slices per network batch (default: 8 CPU, 32 GPU; fewer for large slices: on the CPU "
                         "as many as fit in 384x384 pixels)")
+    p.add_argument("--route", default="auto", choices=("auto", "expert", "gase"),
+                   help="models with a source expert: auto (default) lets the expert segment scans in the "
+                        "training style and the GASE segmenter the rest; expert or gase uses that one always")
     p.add_argument("--nifti", action="store_true", help="also write the label map as <case>_labels.nii.gz")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse)")
     p.add_argument("--progress-json", action="store_true", help="print progress as JSON lines (for Slicer)")
@@ -176,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes")
     p.add_argument("--method", default="gase", choices=("gase", "erm", "randcurve"),
                    help="gase (default), or the baselines erm / randcurve for comparisons")
+    p.add_argument("--no-source-expert", action="store_true",
+                   help="gase: skip the source expert (the segmenter trained alone on the training style, which "
+                        "segments scans in that style; it adds about a quarter to the training time)")
     p.add_argument("--config", default=None, help="JSON file of training settings (see gase.training.config)")
     p.add_argument("--name", default=None, help="model name (default: the --out folder name)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))

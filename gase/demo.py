@@ -79,7 +79,8 @@ def render_overview(rows: list[dict], path: Path, title: str) -> Path:
         stab = row["report"]["reliability"].get("stability")
         stab = "" if stab is None else f", stability {stab:.2f}"
         # an input outside the model's competence gets no quality estimate: the model's own would mislead
-        ax.set_title("GASE mask\n" + (f"expected Dice {dice:.2f}{stab}" if ok and dice is not None else
+        expert = (row["report"].get("source_expert") or {}).get("used")
+        ax.set_title(("GASE mask (source expert)" if expert else "GASE mask") + "\n" + (f"expected Dice {dice:.2f}{stab}" if ok and dice is not None else
                                       "expected Dice: none (input not valid)" if not ok else "expected Dice n/a"),
                      fontsize=9)
         ax.axis("off")
@@ -153,6 +154,8 @@ def run_demo(args: argparse.Namespace) -> int:
               f"  {dice}  {result.seconds:.1f} s  -> {paths['segmentation'].name}")
         for reason in v.reasons():
             print(f"  {'':22s} why: {reason}")
+        if result.segmenter_text():
+            print(f"  {'':22s} {result.segmenter_text()}")
         reo = reorientation_for(volume, card.plane)
         lab_c = reo.forward(result.labels.array)
         s = int(np.argmax((lab_c > 0).reshape(lab_c.shape[0], -1).sum(1))) if lab_c.any() else lab_c.shape[0] // 2

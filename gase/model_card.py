@@ -6,6 +6,8 @@ Layout of a model folder::
     weights.safetensors      segmenter ("segmenter.*") and style encoder ("style_encoder.*")
     validity.safetensors     the fitted style manifold (see :mod:`gase.validity`)
     generator.safetensors    optional: generator and mapping network, for style previews
+    expert.safetensors       optional: the source expert's segmenter and style encoder (card: source_expert)
+    expert_validity.safetensors  optional: the source expert's style manifold
 
 Every file the card names is checked against its SHA-256; only ``.safetensors`` tensors are read,
 so a tampered or pickled model is refused with a clear :class:`ModelError` instead of being run.
@@ -41,7 +43,10 @@ CARD_SCHEMA: tuple[tuple[str, type | tuple, bool], ...] = (
     ("labels", list, True), ("architecture", dict, True), ("validity", dict, True),
     ("confidence_calibration", dict, False), ("training", dict, False), ("metrics", dict, False),
     ("files", dict, True), ("expected", dict, False), ("postprocessing", dict, False),
+    ("source_expert", dict, False),
 )
+# A source expert (see gase.predictor.Predictor.predict) lives in the same folder, in these two files
+EXPERT_FILES = {"weights": "expert.safetensors", "validity": "expert_validity.safetensors"}
 
 
 @dataclass
@@ -68,6 +73,9 @@ class ModelCard:
     expected: dict = field(default_factory=dict)
     # {"largest_component": [label names]}: structures kept as their largest connected part (gase.postprocess)
     postprocessing: dict = field(default_factory=dict)
+    # {"validity": {"threshold": ...}, "confidence_calibration": {...}, "training": {...}, ...}: the segmenter
+    # trained on the source style alone, used where its own style manifold finds a scan in that style
+    source_expert: dict = field(default_factory=dict)
     folder: Path | None = None
 
     @property
@@ -85,6 +93,7 @@ class ModelCard:
             "confidence_calibration": self.confidence_calibration, "training": self.training,
             "metrics": self.metrics, "files": self.files, "expected": self.expected,
             "postprocessing": self.postprocessing,
+            **({"source_expert": self.source_expert} if self.source_expert else {}),
         }
 
     @property
@@ -203,6 +212,18 @@ def parse_card(data: Any, folder: Path | None = None) -> ModelCard:
     if not isinstance(names, list) or not set(names) <= {lab.name for lab in labels}:
         raise ModelError(f"{where}: postprocessing.largest_component must list label names of this model "
                          f"(got {names!r}).")
+    expert = data.get("source_expert", {})
+    if expert:
+        missing = [f for f in EXPERT_FILES.values() if f not in data["files"]]
+        if missing:
+            raise ModelError(f"{where}: the card names a source expert but does not list {', '.join(missing)}; the "
+                             "model folder is incomplete. Re-install or re-train the model.")
+        t = (expert.get("validity") or {}).get("threshold") if isinstance(expert.get("validity"), dict) else None
+        ecal = expert.get("confidence_calibration", {})
+        if not _number(t) or not t > 0 or not isinstance(ecal, dict) or \
+                not all(_number(ecal.get(k, 0.0)) for k in ("scale", "bias")):
+            raise ModelError(f"{where}: source_expert needs validity.threshold (a positive number) and a "
+                             "confidence_calibration with finite scale and bias.")
     return ModelCard(
         name=data["name"], title=data["title"], version=data["version"], anatomy=data["anatomy"],
         plane=data["plane"], input_spacing_mm=float(data["input_spacing_mm"]), labels=labels,
@@ -211,7 +232,7 @@ def parse_card(data: Any, folder: Path | None = None) -> ModelCard:
         license=data.get("license", ""),
         confidence_calibration=data.get("confidence_calibration", {"scale": 1.0, "bias": 0.0}),
         training=data.get("training", {}), metrics=data.get("metrics", {}), expected=data.get("expected", {}),
-        postprocessing=post, folder=folder,
+        postprocessing=post, source_expert=expert, folder=folder,
     )
 
 
@@ -353,3 +374,39 @@ def install_model(source: str | os.PathLike, models_dir: Path | None = None, *, 
         models_dir.mkdir(parents=True, exist_ok=True)
         shutil.copytree(folder, dest)
     return load_card(dest)
+
+
+def attach_source_expert(folder: str | os.PathLike, expert_folder: str | os.PathLike) -> ModelCard:
+    """Make the model in ``expert_folder`` (a segmenter trained on the source style alone: ``method`` erm, on the
+    same labels, plane, spacing and intensity normalisation) the source expert of the GASE model in ``folder``:
+    its weights and style manifold are copied in as :data:`EXPERT_FILES` and the card's ``source_expert``
+    records its threshold, calibration and training. Returns the updated card of ``folder``."""
+    folder, expert_folder = Path(folder), Path(expert_folder)
+    card, ecard = load_card(folder), load_card(expert_folder)
+    if ecard.source_expert:
+        raise ModelError(f"{expert_folder}: this model has a source expert itself; give a plain segmenter.")
+    keys = ("plane", "input_spacing_mm", "labels", "normalization")
+    differs = [k for k in keys if getattr(card, k) != getattr(ecard, k)]
+    for k in ("segmenter_channels", "style_dim", "encoder_channels"):
+        if card.architecture.get(k) != ecard.architecture.get(k):
+            differs.append(f"architecture.{k}")
+    if differs:
+        raise ModelError(f"{expert_folder} cannot be the source expert of {folder}: they differ in "
+                         f"{', '.join(differs)}. Train the expert on the same labelled scans with the same settings.")
+    for role, name in EXPERT_FILES.items():
+        src = expert_folder / ("weights.safetensors" if role == "weights" else "validity.safetensors")
+        fd, tmp = tempfile.mkstemp(prefix=".expert-", dir=str(folder))
+        os.close(fd)
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, folder / name)
+    ev = ecard.validity
+    card.source_expert = {
+        "description": "the segmenter trained on the source style alone (standard augmentation); it segments a "
+                       "scan its own style manifold finds in the training style, the GASE segmenter the rest",
+        "validity": {k: ev[k] for k in ("threshold", "heldout_volume_scores", "fitted_on_slices") if k in ev},
+        "confidence_calibration": dict(ecard.confidence_calibration),
+        "training": {k: ecard.training[k] for k in ("config", "iterations", "seconds", "device") if k in ecard.training},
+        "metrics": dict(ecard.metrics),
+    }
+    write_card(card, folder)
+    return card

@@ -18,6 +18,7 @@ shape (the last batch is padded with empty slices).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -31,7 +32,7 @@ from torch.nn import functional as F
 
 from .errors import CancelledError, InputError, ModelError
 from .labels import LabelInfo
-from .model_card import ModelCard, load_card, load_tensors, prefixed
+from .model_card import EXPERT_FILES, ModelCard, load_card, load_tensors, prefixed
 from .nets import SegDiscriminator, StyleEncoder
 from .nets.blocks import channel_stats
 from .orientation import reorientation_for
@@ -62,6 +63,7 @@ CONTENT_FRACTION = 0.02   # fraction of content pixels for a slice to count in t
 # views 0.66 / 0.64; gamma 0.7, 1.4 and scale 0.9, 1.1: 0.47 / 0.67; all eight 0.61 / 0.67; noise 0.35 / 0.22.
 STABILITY_VIEWS = (("gamma", 0.5), ("gamma", 2.0), ("scale", 0.8), ("scale", 1.25))
 STABILITY_SLICES = 16     # foreground slices, evenly spread, segmented again per view
+ROUTES = ("auto", "expert", "gase")  # Predictor.route: which network segments, for a model with a source expert
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -116,6 +118,19 @@ class SliceModel(torch.nn.Module):
         style = self.encoder(x)
         conf = torch.sigmoid(conf_logit * self.conf_affine[0] + self.conf_affine[1])
         return logits, conf, torch.cat([style, features], dim=1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The validity features of :meth:`forward` alone (the encoders only)."""
+        return torch.cat([self.encoder(x), encoder_features(self.segmenter, x)], dim=1)
+
+
+def encoder_features(seg: SegDiscriminator, x: torch.Tensor) -> torch.Tensor:
+    """The validity features ``seg(x).features`` from the encoder alone (no decoder, no heads)."""
+    skips, h = [], x
+    for layer in seg.enc:
+        h = layer(h)
+        skips.append(h)
+    return torch.cat([channel_stats(skips[-1]), channel_stats(skips[-2])], dim=1)
 
 
 def segment(seg: SegDiscriminator, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -197,6 +212,20 @@ def run_slices(model: SliceModel, x: torch.Tensor, spacing_hw: tuple[float, floa
     prob_sums = probs.sum(dim=(0, 2, 3), dtype=torch.float64)
     entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(1) if keep_probs else None
     return SliceOutputs(labels, conf, feats.float(), top.values, prob_sums, entropy)
+
+
+def slice_features(model: SliceModel, x: torch.Tensor, spacing_hw: tuple[float, float], model_spacing: float,
+                   divisor: int, amp: bool, *, channels_last: bool | None = None) -> torch.Tensor:
+    """Normalised canonical slices (B, 1, H, W) -> validity features (B, F) float32, prepared exactly as
+    :func:`run_slices` prepares them (resampled to the model spacing, padded), without the decoder."""
+    size = checked_working_size(tuple(x.shape[-2:]), spacing_hw, model_spacing)
+    xp, _ = pad_to_multiple(resample_slices(x, size), divisor)
+    if channels_last is None:
+        channels_last = x.device.type == "cuda"
+    if channels_last:
+        xp = xp.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=amp):
+        return model.features(xp).float()
 
 
 def expected_dice(counts: np.ndarray, conf_sums: np.ndarray, msp_sums: np.ndarray, prob_sums: np.ndarray,
@@ -381,6 +410,21 @@ def _checked_manifold(tensors: dict, n_features: int, folder) -> StyleManifold:
     return m
 
 
+def _load_network(card: ModelCard, weights_file: str, validity_file: str, folder) -> tuple[SliceModel, StyleManifold]:
+    """One segmenter + style encoder (from ``weights_file``) and its style manifold (``validity_file``)."""
+    weights = load_tensors(card, weights_file)
+    seg, enc = build_segmenter(card), build_encoder(card)
+    try:
+        seg.load_state_dict(prefixed(weights, "segmenter"))
+        enc.load_state_dict(prefixed(weights, "style_encoder"))
+    except RuntimeError as exc:
+        raise ModelError(f"{folder}: the weights in {weights_file} do not match the architecture in model.json "
+                         f"({str(exc).splitlines()[0]}). The model folder is inconsistent.") from None
+    manifold = _checked_manifold(load_tensors(card, validity_file), enc.style_dim + seg.feature_dim, folder)
+    cal = card.confidence_calibration
+    return SliceModel(seg, enc, float(cal.get("scale", 1.0)), float(cal.get("bias", 0.0))), manifold
+
+
 class Predictor:
     """A loaded GASE model ready to segment volumes. Construct with :meth:`from_folder`."""
 
@@ -403,6 +447,9 @@ class Predictor:
         self.compiled = bool(compile)
         self._forward = torch.compile(self.model, dynamic=False) if compile else self.model
         self.stability_slices = STABILITY_SLICES  # 0: no stability check (see :meth:`stability`)
+        # the source-style expert (see predict), loaded by from_folder when the card names one
+        self.expert: Predictor | None = None
+        self.route = "auto"  # with an expert: "auto" (see predict), "expert" or "gase" (that network always)
 
     def batch_for(self, hw: tuple[int, int], size: tuple[int, int]) -> int:
         """Slices per batch for slices of ``hw`` pixels (``size`` at the model spacing): ``batch_size``,
@@ -440,19 +487,16 @@ class Predictor:
                     fast: bool = True, compile: bool = False) -> "Predictor":
         """Load a model folder (card validated, checksums verified, safetensors only)."""
         card = load_card(Path(folder), verify=True)
-        weights = load_tensors(card, "weights.safetensors")
-        seg, enc = build_segmenter(card), build_encoder(card)
-        try:
-            seg.load_state_dict(prefixed(weights, "segmenter"))
-            enc.load_state_dict(prefixed(weights, "style_encoder"))
-        except RuntimeError as exc:
-            raise ModelError(f"{folder}: the weights do not match the architecture in model.json "
-                             f"({str(exc).splitlines()[0]}). The model folder is inconsistent.") from None
-        manifold = _checked_manifold(load_tensors(card, "validity.safetensors"), enc.style_dim + seg.feature_dim,
-                                     folder)
-        cal = card.confidence_calibration
-        model = SliceModel(seg, enc, float(cal.get("scale", 1.0)), float(cal.get("bias", 0.0)))
-        return cls(card, model, manifold, resolve_device(device), batch_size, fast=fast, compile=compile)
+        dev = resolve_device(device)
+        model, manifold = _load_network(card, "weights.safetensors", "validity.safetensors", folder)
+        predictor = cls(card, model, manifold, dev, batch_size, fast=fast, compile=compile)
+        if card.source_expert:
+            se = card.source_expert
+            ecard = dataclasses.replace(card, validity={**card.validity, **se["validity"]},
+                                        confidence_calibration=se.get("confidence_calibration", {}), source_expert={})
+            emodel, emanifold = _load_network(ecard, EXPERT_FILES["weights"], EXPERT_FILES["validity"], folder)
+            predictor.expert = cls(ecard, emodel, emanifold, dev, batch_size, fast=fast, compile=compile)
+        return predictor
 
     # ------------------------------------------------------------------------------------------
     def stability(self, canon: np.ndarray, labels_c: np.ndarray, lo: float, hi: float,
@@ -469,15 +513,26 @@ class Predictor:
         slices per pass (default :meth:`batch_for`; :meth:`predict` passes the one its own passes ended
         with, after any out-of-memory halving). Empty dict when disabled or nothing was segmented; NaN for
         a structure absent from the mask and every view."""
-        labels = self.card.labels
-        if self.stability_slices <= 0 or not labels:
+        pick = self._stability_pick(labels_c)
+        if pick.size == 0:
             return {}
-        n_classes = self.card.n_classes
-        has_fg = np.asarray([bool(labels_c[i].any()) for i in range(labels_c.shape[0])])
-        fg = np.flatnonzero(has_fg)
+        return self._stability_on(canon[pick], labels_c[pick], lo, hi, spacing_hw, batch)
+
+    def _stability_pick(self, labels_c: np.ndarray) -> np.ndarray:
+        """Indices of the (up to :attr:`stability_slices`) foreground slices the stability check uses."""
+        if self.stability_slices <= 0 or not self.card.labels:
+            return np.zeros(0, np.int64)
+        fg = np.flatnonzero([bool(labels_c[i].any()) for i in range(labels_c.shape[0])])
         if fg.size == 0:
-            return {}
-        pick = fg[np.unique(np.linspace(0, fg.size - 1, min(self.stability_slices, fg.size)).round().astype(int))]
+            return fg
+        return fg[np.unique(np.linspace(0, fg.size - 1, min(self.stability_slices, fg.size)).round().astype(int))]
+
+    def _stability_on(self, canon: np.ndarray, labels_c: np.ndarray, lo: float, hi: float,
+                      spacing_hw: tuple[float, float], batch: int | None = None) -> dict[str, float]:
+        """:meth:`stability` on exactly the given slices (raw ``canon`` and their labels ``labels_c``)."""
+        labels = self.card.labels
+        n_classes = self.card.n_classes
+        pick = np.arange(canon.shape[0])
         size = checked_working_size(canon.shape[1:], spacing_hw, self.card.input_spacing_mm)
         batch = batch or self.batch_for(canon.shape[1:], size)
         divisor = self.model.segmenter.divisor
@@ -513,7 +568,56 @@ class Predictor:
 
         ``return_probabilities`` adds ``extra["probabilities"] = {"msp": ..., "entropy": ...}``, float32
         arrays in the volume's shape (max softmax probability; entropy in nats), for benchmarks. They are
-        not JSON: drop them before :meth:`SegmentationResult.report`."""
+        not JSON: drop them before :meth:`SegmentationResult.report`.
+
+        A model with a source expert (:attr:`expert`) routes: the expert segments first; if its own style
+        manifold finds the scan in the training style (and its other checks pass), its labels, confidence
+        and reliability are the result, else the robust GASE segmenter segments the scan again. The
+        validity verdict is always the GASE segmenter's. ``extra["source_expert"]`` says which was used.
+        :attr:`route` ``"expert"`` / ``"gase"`` makes that network segment every scan."""
+        if self.route not in ROUTES:
+            raise InputError(f"Unknown route {self.route!r}; use one of {', '.join(ROUTES)}.")
+        if self.expert is None or self.route == "gase":
+            return self._predict(volume, progress, cancel, return_probabilities)[0]
+        self.expert.stability_slices = self.stability_slices
+        t0 = time.perf_counter()
+        progress = progress or (lambda f, m: None)
+        res, stab_in = self.expert._predict(volume, lambda f, m: progress(0.5 * f, f"source-style expert: {m}"),
+                                            cancel, return_probabilities, stability=False)
+        ev = res.validity
+        use = bool(ev.valid) or self.route == "expert"
+        info = {"used": use, "style_score": round(float(ev.score), 4), "threshold": round(float(ev.threshold), 4),
+                **({"route": self.route} if self.route != "auto" else {})}
+        if not use:
+            res = stab_in = None  # the expert's outputs go before the second pass allocates its own
+            res = self._predict(volume, lambda f, m: progress(0.5 + 0.5 * f, m), cancel, return_probabilities)[0]
+        else:
+            if stab_in is not None:
+                progress(0.6, "checking stability")
+                stab = self._guarded_stability(self.expert, stab_in)
+                res.stability_per_label, res.stability_overall = stab, _finite_mean(stab.values())
+            progress(0.75, "checking the input against the GASE style manifold")
+            res.validity, res.extra["manifold"] = self._validity_pass(volume, ev.foreground_ml, cancel)
+            res.model_name = f"{self.card.name} {self.card.version}"
+            res.device = self.device.type
+            progress(1.0, "done")
+        res.extra["source_expert"] = info
+        res.seconds = time.perf_counter() - t0
+        return res
+
+    @staticmethod
+    def _guarded_stability(predictor: "Predictor", stab_in: tuple) -> dict[str, float]:
+        try:
+            return predictor._stability_on(*stab_in)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            log.warning("CUDA out of memory in the stability check: no stability for this volume")
+            return {}
+
+    def _predict(self, volume: Volume, progress: ProgressFn | None, cancel: CancelFn | None,
+                 return_probabilities: bool, stability: bool = True) -> tuple[SegmentationResult, tuple | None]:
+        """One network's :meth:`predict`. With ``stability=False`` the check is skipped and its inputs (the
+        chosen raw slices and their labels before post-processing, ...) are returned for later; else None."""
         t0 = time.perf_counter()
         progress = progress or (lambda f, m: None)
         if min(volume.shape) < 1 or volume.array.size == 0:
@@ -587,13 +691,12 @@ class Predictor:
         if nonfinite:
             raise InputError(f"The image contains {nonfinite} NaN or infinite voxel values. Fix or mask them "
                              "(e.g. replace with 0) before segmenting.")
-        progress(s / n_slices, "checking stability")
-        try:
-            stab = self.stability(canon, labels_c, lo, hi, spacing_hw, batch)
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            log.warning("CUDA out of memory in the stability check: no stability for this volume")
-            stab = {}
+        pick = self._stability_pick(labels_c)
+        stab_in = (canon[pick], labels_c[pick], lo, hi, spacing_hw, batch) if pick.size else None
+        stab = {}
+        if stability and stab_in is not None:
+            progress(s / n_slices, "checking stability")
+            stab = self._guarded_stability(self, stab_in)
         voxel_ml = float(np.prod(volume.spacing)) / 1000.0
         foreground_ml = float(counts[1:].sum()) * voxel_ml  # as the network segmented it, before post-processing
         removed = {}
@@ -608,17 +711,7 @@ class Predictor:
                 sums[0, lab.value] -= c
                 sums[0, 0] += n - c
         conf_sum = sums[0]
-        distances, emb2d = self.manifold.distances(features)
-        slice_scores = distances.mean(axis=1)
-        vscore = volume_score(slice_scores, np.asarray(content))
-        threshold = float(self.card.validity["threshold"])
-        trained_fg = self.card.validity.get("training_foreground_ml")
-        validity = Validity(valid=False, score=vscore, threshold=threshold,
-                            slice_scores=slice_scores, embedding_2d=emb2d, reference_2d=self.manifold.reference_2d,
-                            distances_2d=distances, reference_distances=self.manifold.reference_distances,
-                            foreground_ml=foreground_ml, ct_fraction=fraction_below(volume.array, CT_AIR_HU),
-                            training_foreground_ml=None if trained_fg is None else float(trained_fg))
-        validity.valid = validity.style_valid and validity.size_valid and validity.modality_valid
+        validity, manifold_extra = self._validity(features, content, volume, foreground_ml)
         per_label = {}
         for lab in self.card.labels:
             per_label[lab.name] = float(conf_sum[lab.value] / counts[lab.value]) if counts[lab.value] else float("nan")
@@ -627,11 +720,7 @@ class Predictor:
         dice_per_label = expected_dice(counts, conf_sum, sums[1], sums[2], self.card.labels)
         dice_overall = _finite_mean(dice_per_label.values())
         progress(1.0, "done")
-        extra = {"manifold": {"embedding_2d": np.round(emb2d, 3).tolist(),
-                              "reference_2d": np.round(self.manifold.reference_2d, 3).tolist(),
-                              "distances_2d": np.round(distances, 3).tolist()}}
-        if self.manifold.reference_distances is not None:
-            extra["manifold"]["reference_distances"] = np.round(self.manifold.reference_distances, 3).tolist()
+        extra = {"manifold": manifold_extra}
         if self.card.largest_component_labels:
             extra["postprocessing"] = {"kept_largest_component": [lab.name for lab in self.card.largest_component_labels],
                                        "removed_voxels": removed,
@@ -644,4 +733,59 @@ class Predictor:
             expected_dice_overall=dice_overall, expected_dice_per_label=dice_per_label,
             stability_overall=_finite_mean(stab.values()), stability_per_label=stab,
             validity=validity, model_name=f"{self.card.name} {self.card.version}", device=self.device.type,
-            seconds=time.perf_counter() - t0, extra=extra)
+            seconds=time.perf_counter() - t0, extra=extra), (None if stability else stab_in)
+
+    def _validity(self, features: np.ndarray, content: np.ndarray, volume: Volume,
+                  foreground_ml: float) -> tuple[Validity, dict]:
+        """The input-validity verdict from the slices' validity features (S, F) and content flags (S,), and
+        the manifold coordinates for the report."""
+        distances, emb2d = self.manifold.distances(features)
+        slice_scores = distances.mean(axis=1)
+        vscore = volume_score(slice_scores, np.asarray(content))
+        threshold = float(self.card.validity["threshold"])
+        trained_fg = self.card.validity.get("training_foreground_ml")
+        validity = Validity(valid=False, score=vscore, threshold=threshold,
+                            slice_scores=slice_scores, embedding_2d=emb2d, reference_2d=self.manifold.reference_2d,
+                            distances_2d=distances, reference_distances=self.manifold.reference_distances,
+                            foreground_ml=foreground_ml, ct_fraction=fraction_below(volume.array, CT_AIR_HU),
+                            training_foreground_ml=None if trained_fg is None else float(trained_fg))
+        validity.valid = validity.style_valid and validity.size_valid and validity.modality_valid
+        extra = {"embedding_2d": np.round(emb2d, 3).tolist(),
+                 "reference_2d": np.round(self.manifold.reference_2d, 3).tolist(),
+                 "distances_2d": np.round(distances, 3).tolist()}
+        if self.manifold.reference_distances is not None:
+            extra["reference_distances"] = np.round(self.manifold.reference_distances, 3).tolist()
+        return validity, extra
+
+    def _validity_pass(self, volume: Volume, foreground_ml: float,
+                       cancel: CancelFn | None = None) -> tuple[Validity, dict]:
+        """:meth:`_validity` from an encoder-only pass over ``volume`` (no decoder: the validity features come
+        from the encoders). For a volume another network (the source expert) segmented."""
+        reo = reorientation_for(volume, self.card.plane)
+        canon = reo.forward(volume.array)
+        spacing_hw = reo.spacing[1:]
+        size = checked_working_size(canon.shape[1:], spacing_hw, self.card.input_spacing_mm)
+        lo, hi = self.normalization.intensity_range(volume.array, device=self.device)
+        batch = self.batch_for(canon.shape[1:], size)
+        feats, content, s = [], [], 0
+        while s < canon.shape[0]:
+            if cancel is not None and cancel():
+                raise CancelledError("Segmentation cancelled by the user; no output was written.")
+            e = min(canon.shape[0], s + batch)
+            try:
+                with torch.inference_mode():
+                    x, _ = self._to_device(canon[s:e], lo, hi)
+                    f = slice_features(self.model, x, spacing_hw, self.card.input_spacing_mm,
+                                       self.model.segmenter.divisor, self.amp, channels_last=self.channels_last)
+                    c = (x > CONTENT_LEVEL).flatten(1).sum(1) > CONTENT_FRACTION * x.shape[-2] * x.shape[-1]
+                    feats.append(f.cpu())
+                    content.append(c.cpu())
+            except torch.cuda.OutOfMemoryError:
+                x = None
+                torch.cuda.empty_cache()
+                if batch == 1:
+                    self._use_cpu()
+                batch = max(1, batch // 2)
+                continue
+            s = e
+        return self._validity(torch.cat(feats).numpy(), torch.cat(content).numpy(), volume, foreground_ml)

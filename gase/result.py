@@ -150,6 +150,17 @@ class Validity:
                 "slice_scores": [None if not np.isfinite(s) else round(float(s), 4) for s in self.slice_scores]}
 
 
+def segmenter_text(info) -> str | None:
+    """The report's ``source_expert`` entry in words (None when there is none: a model without an expert)."""
+    if not isinstance(info, dict):
+        return None
+    if info.get("route") == "expert":
+        return "segmented by the source-style expert (route: expert)"
+    if info.get("used"):
+        return "segmented by the source-style expert (the scan is in the training style)"
+    return "segmented by the GASE segmenter (the scan is outside the training style)"
+
+
 @dataclass
 class SegmentationResult:
     """Everything GASE says about one input volume, in the input's own geometry.
@@ -186,6 +197,10 @@ class SegmentationResult:
             return f"{v:.2f}" if np.isfinite(v) else "n/a"
 
         return f"expected Dice {fmt(self.expected_dice_overall)}, stability {fmt(self.stability_overall)}"
+
+    def segmenter_text(self) -> str | None:
+        """Which network segmented the scan, for models with a source expert (None for other models)."""
+        return segmenter_text(self.extra.get("source_expert"))
 
     def report(self) -> dict:
         """The JSON report written next to the outputs (``<case>_report.json``)."""

@@ -99,6 +99,7 @@ def segment_cases(args: argparse.Namespace, default=str) -> int:
             check_output_path(p, args.overwrite)
     predictor = Predictor.from_folder(args.model or default_model_folder(), device=args.device,
                                       batch_size=args.batch_size)
+    predictor.route = getattr(args, "route", "auto")
     for n, (path, case) in enumerate(zip(inputs, cases)):
         try:
             volume = read_volume(path)
@@ -123,6 +124,8 @@ def segment_cases(args: argparse.Namespace, default=str) -> int:
                   f"{dice}  ({result.seconds:.1f} s on {result.device})")
             for reason in v.reasons():
                 print(f"    why: {reason}")
+            if result.segmenter_text():
+                print(f"    {result.segmenter_text()}")
             print(f"    -> {paths['segmentation']}\n    -> {paths['confidence']}\n    -> {paths['report']}")
     if emit:
         emit({"event": "done", "outputs": {k: str(p) for k, p in paths.items()} if len(inputs) == 1 else None,

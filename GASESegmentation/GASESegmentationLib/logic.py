@@ -42,6 +42,7 @@ VALIDITY_ATTRIBUTE = "GASE.Validity"
 PLANE_ATTRIBUTE = "GASE.Plane"
 MODEL_ATTRIBUTE = "GASE.Model"
 RELIABILITY_ATTRIBUTE = "GASE.Reliability"
+SEGMENTED_BY_ATTRIBUTE = "GASE.SegmentedBy"  # which network segmented (models with a source expert), else ""
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_OPACITY = 0.5
 
@@ -59,10 +60,11 @@ class SegmentationOutputs:
     plane: str
     reliability: float | None = None  # the model's expected Dice, mean over structures
     model_name: str = ""
+    segmented_by: str = ""  # SegmentationResult.segmenter_text() (models with a source expert), else ""
 
     @property
     def verdict(self) -> Verdict:
-        return Verdict.from_validity(self.validity, self.reliability)
+        return Verdict.from_validity(self.validity, self.reliability, self.segmented_by or None)
 
 
 @dataclass
@@ -185,6 +187,7 @@ class GASESegmentationLogic:
         conf.SetAttribute(PLANE_ATTRIBUTE, plane)
         conf.SetAttribute(MODEL_ATTRIBUTE, result.model_name)
         conf.SetAttribute(RELIABILITY_ATTRIBUTE, "" if reliability is None else repr(reliability))
+        conf.SetAttribute(SEGMENTED_BY_ATTRIBUTE, result.segmenter_text() or "")
         rows = tables.reliability_rows(result.labels, result.confidence, result.label_table, threshold,
                                        result.reliability_per_label,
                                        {**result.expected_dice_per_label, tables.ALL_STRUCTURES: reliability},
@@ -197,7 +200,7 @@ class GASESegmentationLogic:
         if show:
             views.show_in_slice_views(input_volume.GetScene(), input_volume, conf, opacity)
         return SegmentationOutputs(input_volume, nodes.segmentation, conf, table, plot, result.validity, plane,
-                                   reliability, result.model_name)
+                                   reliability, result.model_name, result.segmenter_text() or "")
 
     def outputs_for(self, input_volume) -> SegmentationOutputs | None:
         """The outputs an earlier run left in the scene for ``input_volume`` (None if there are none)."""
@@ -214,7 +217,7 @@ class GASESegmentationLogic:
         return SegmentationOutputs(input_volume, nodes.segmentation, conf, table, plot,
                                    _validity_from_json(json.loads(conf.GetAttribute(VALIDITY_ATTRIBUTE))),
                                    conf.GetAttribute(PLANE_ATTRIBUTE) or "axial", float(rel) if rel else None,
-                                   conf.GetAttribute(MODEL_ATTRIBUTE) or "")
+                                   conf.GetAttribute(MODEL_ATTRIBUTE) or "", conf.GetAttribute(SEGMENTED_BY_ATTRIBUTE) or "")
 
     # -- review ----------------------------------------------------------------------------------
     def current_volumes(self, outputs: SegmentationOutputs) -> tuple[Volume, Volume, tuple]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 
-from gase.result import FOREGROUND_LIMIT, Validity, ct_comparison, looks_like_ct
+from gase.result import FOREGROUND_LIMIT, Validity, ct_comparison, looks_like_ct, segmenter_text
 from gase.validity_map import INVALID_RGB, VALID_RGB
 
 
@@ -31,11 +31,13 @@ class Verdict:
     foreground_ratio: float | None = None  # segmented structures / largest training total (None if unknown)
     foreground_limit: float = FOREGROUND_LIMIT
     ct_fraction: float | None = None  # fraction of voxels below CT_AIR_HU (None if not measured)
+    segmented_by: str | None = None  # which network segmented (models with a source expert), for the banner
 
     @staticmethod
-    def from_validity(validity: Validity, reliability: float | None = None) -> "Verdict":
+    def from_validity(validity: Validity, reliability: float | None = None,
+                      segmented_by: str | None = None) -> "Verdict":
         return Verdict(bool(validity.valid), float(validity.score), float(validity.threshold), reliability,
-                       validity.foreground_ratio, float(validity.foreground_limit), validity.ct_fraction)
+                       validity.foreground_ratio, float(validity.foreground_limit), validity.ct_fraction, segmented_by)
 
     @staticmethod
     def from_json(report: dict) -> "Verdict":
@@ -45,7 +47,8 @@ class Verdict:
         ratio, ct = v.get("foreground_ratio"), v.get("ct_fraction")
         return Verdict(bool(v["valid"]), float(v["score"]), float(v["threshold"]),
                        None if rel is None else float(rel), None if ratio is None else float(ratio),
-                       float(v.get("foreground_limit", FOREGROUND_LIMIT)), None if ct is None else float(ct))
+                       float(v.get("foreground_limit", FOREGROUND_LIMIT)), None if ct is None else float(ct),
+                       segmenter_text(report.get("source_expert")))
 
     @property
     def size_valid(self) -> bool:
@@ -117,4 +120,6 @@ class Verdict:
         rel = "" if self.reliability is None or not self.valid else f" &nbsp;|&nbsp; expected Dice {self.reliability:.2f}"
         return (f"<div style='background-color:{self.hex_color}; color:white; padding:6px;'>"
                 f"<b>{html.escape(self.headline)}</b> &nbsp; ({html.escape(self.comparison)}){rel}"
-                f"<br/><small>{html.escape(self.explanation())}</small></div>")
+                f"<br/><small>{html.escape(self.explanation())}</small>"
+                + (f"<br/><small>{html.escape(self.segmented_by[0].upper() + self.segmented_by[1:])}.</small>"
+                   if self.segmented_by else "") + "</div>")

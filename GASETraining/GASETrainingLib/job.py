@@ -139,10 +139,19 @@ class TrainingStatus:
     model_folder: Path | None = None
     final_dice: dict = field(default_factory=dict)        # measured on the held-out volumes at the end
     stopped_at: int | None = None
+    phase: str = ""                                       # "gase" / "source expert" (GASE models), else ""
+
+    @property
+    def fraction(self) -> float:
+        """Share of the whole training done: a GASE run is 80% of it, its source expert's run the rest."""
+        f = min(1.0, self.iteration / self.total) if self.total else 0.0
+        return {"gase": 0.8 * f, "source expert": 0.8 + 0.2 * f}.get(self.phase, f)
 
     def summary(self) -> str:
         """One line for the panel: "iteration 120/2000 - ETA 4 min 10 s - validation Dice 0.71"."""
         parts = [f"iteration {self.iteration}/{self.total or '?'}"]
+        if self.phase == "source expert":
+            parts[0] = "source expert: " + parts[0]
         if self.eta_s == self.eta_s and self.eta_s >= 0:  # not NaN
             minutes, seconds = divmod(int(round(self.eta_s)), 60)
             parts.append(f"ETA {minutes} min {seconds:02d} s" if minutes else f"ETA {seconds} s")
@@ -180,11 +189,13 @@ class TrainingProcess(SegmentationProcess):
     def _handle(self, event: dict):
         st, kind = self.status, event.get("event")
         if kind == "progress":
+            st.phase = str(event.get("phase", ""))
             st.iteration, st.total = int(event.get("iteration", 0)), int(event.get("total", 0))
             st.seconds = float(event.get("seconds", 0.0))
             st.eta_s = _float(event.get("eta_s"))
-            st.losses = dict(event.get("losses", {}))
-            st.loss_history.append((st.iteration, st.losses))
+            if st.phase != "source expert":  # the curves are the GASE run's; the expert's run only moves the bar
+                st.losses = dict(event.get("losses", {}))
+                st.loss_history.append((st.iteration, st.losses))
         elif kind == "validation":
             st.val_dice = dict(event.get("dice", {}))
             st.val_history.append((int(event.get("iteration", 0)), _float(st.val_dice.get("mean"))))
@@ -210,7 +221,7 @@ class TrainingProcess(SegmentationProcess):
         else:
             return None
         if st.total:
-            self.fraction = min(1.0, st.iteration / st.total)
+            self.fraction = st.fraction
         if kind not in ("error",):
             self.message = st.summary()
         return event

@@ -9,7 +9,7 @@ METHODS = ("gase", "erm", "randcurve")
 SAMPLING_MODES = ("balanced", "foreground")  # how training crops are drawn: gase.training.data.SliceSet.sample
 # What a record (model card, benchmark results) written before a setting existed was trained with. Only for
 # reading such records: a settings file without the key gets the current default.
-LEGACY_DEFAULTS = {"crop_sampling": "foreground"}
+LEGACY_DEFAULTS = {"crop_sampling": "foreground", "source_expert": False}
 
 
 @dataclass
@@ -61,6 +61,8 @@ class TrainConfig:
     amp: bool = True
     crop_sampling: str = "balanced"         # training crops: "balanced" (per structure + 1/3 anywhere) or the
                                             # earlier "foreground" (90% on any structure); see SliceSet.sample
+    source_expert: bool = True              # gase: also train the segmenter alone on the source style (an "erm"
+                                            # run, same settings), used on scans in that style; see train()
 
     def validate(self) -> "TrainConfig":
         if self.method not in METHODS:

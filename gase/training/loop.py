@@ -12,6 +12,8 @@ Per iteration (``method="gase"``), on a batch of real labelled crops (x, y):
 
 ``erm`` trains only D's segmentation (+confidence) on standard augmentation; ``randcurve`` adds the
 random curves to real images. Same backbone, crops, batch, learning rate and iterations for all three.
+A ``gase`` run (``source_expert``, the default) then trains the ``erm`` run of the same settings as its
+source expert (see :func:`train` and :meth:`gase.predictor.Predictor.predict`).
 
 Options of the GASE method, off by default: ``gen_content`` (G also sees a style-scrambled copy of the
 image, so unlabelled anatomy keeps its shape), ``feature_style_prob`` (style interpolation/extrapolation
@@ -35,7 +37,7 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -45,7 +47,7 @@ from torch.nn import functional as F
 
 from ..errors import CancelledError, TrainingDataError
 from ..labels import LabelInfo
-from ..model_card import ModelCard, write_card
+from ..model_card import ModelCard, attach_source_expert, write_card
 from ..nets import MappingNetwork, SegDiscriminator, StyleEncoder, StyleGenerator
 from ..postprocess import SINGLE_OBJECT_FRACTION, single_object_labels
 from ..preprocess import Normalization, pad_to_multiple
@@ -289,16 +291,59 @@ def train(train_pairs: Sequence[tuple[Volume, np.ndarray, str]], val_pairs: Sequ
           table: Sequence[LabelInfo], out_dir: Path, cfg: TrainConfig, *, anatomy: str, plane: str,
           name: str = "gase-model", title: str | None = None, on_event: EventFn | None = None,
           should_stop: Callable[[], bool] | None = None, resume: bool = True,
-          extra_card: dict | None = None) -> TrainResult:
+          extra_card: dict | None = None, source_expert_from: Path | None = None) -> TrainResult:
     """Train on checked pairs (see :func:`gase.training.data.load_pairs`) and write a model folder.
 
     ``out_dir/training/`` receives ``checkpoint.pt`` during training (resumed from when present and
     ``resume``) and ``training_log.csv``; ``out_dir`` itself receives at the end the model folder files (``model.json`` + safetensors).
     ``on_event`` receives dicts: ``{"event": "progress" | "validation" | "checkpoint" | "done", ...}``.
     ``should_stop()`` returning True stops after the current iteration, writing a checkpoint (resumable).
+
+    ``method="gase"`` with ``source_expert`` (the default) then trains the source expert: the same run with
+    ``method="erm"`` (the segmenter alone, standard augmentation; same data, seed, iterations), in
+    ``out_dir/training/source-expert/``, and attaches it to the model (see :meth:`gase.predictor.Predictor.predict`).
+    Its events carry ``"phase": "source expert"``. With ``max_minutes`` the GASE run gets 80% of the time and
+    the expert the rest (it needs about a quarter of GASE's time per iteration). ``source_expert_from``: the
+    folder of an ``erm`` model already trained with these settings on these pairs (benchmarks train one
+    anyway: the same weights, training is deterministic on the CPU) to attach instead of training it again.
     """
     emit = on_event or (lambda e: None)
     out_dir = Path(out_dir)
+    if cfg.method == "gase" and cfg.source_expert:
+        t0 = time.perf_counter()
+        gase_cfg = replace(cfg, max_minutes=None if cfg.max_minutes is None else 0.8 * cfg.max_minutes)
+        def phase(label: str, renamed: tuple[str, ...]) -> EventFn:
+            """Events of one phase, tagged; ``renamed`` kinds become "phase <kind>" (a phase's "done" is not
+            the end of the training; the expert's checkpoints and validations are not GASE's)."""
+            return lambda e: emit({**e, "phase": label,
+                                   **({"event": f"phase {e.get('event')}"} if e.get("event") in renamed else {})})
+
+        result = train(train_pairs, val_pairs, table, out_dir, replace(gase_cfg, source_expert=False), anatomy=anatomy,
+                       plane=plane, name=name, title=title, on_event=phase("gase", ("done",)), should_stop=should_stop,
+                       resume=resume, extra_card=extra_card)
+        expert_seconds = 0.0
+        if source_expert_from is None:  # every rank trains it ([ddp]: the ranks must meet in the same runs)
+            left = None if cfg.max_minutes is None else max(0.5, cfg.max_minutes - (time.perf_counter() - t0) / 60)
+            expert_cfg = replace(cfg, method="erm", source_expert=False, max_minutes=left)
+            expert = train(train_pairs, val_pairs, table, out_dir / "training" / "source-expert", expert_cfg,
+                           anatomy=anatomy, plane=plane, name=f"{name}-source-expert",
+                           on_event=phase("source expert", ("done", "resumed", "checkpoint", "validation")),
+                           should_stop=should_stop, resume=resume)
+            source_expert_from, expert_seconds = expert.model_folder, expert.seconds
+        if result.card is None:  # [ddp] ranks other than 0 export nothing
+            return result
+        card = attach_source_expert(out_dir, source_expert_from)
+        card.training["config"] = cfg.to_json()  # the settings asked for (the GASE run had source_expert off)
+        write_card(card, out_dir)
+        val_dice = _validation_dice(out_dir, val_pairs, table, result.card.training.get("device", "cpu"))
+        if val_dice:
+            card.metrics = {**card.metrics, "validation_dice": val_dice,
+                            "validation_dice_without_expert": result.val_dice}
+            write_card(card, out_dir)
+        emit({"event": "done", "model_folder": str(out_dir), "val_dice": val_dice, "iterations": result.iterations,
+              "seconds": result.seconds + expert_seconds})
+        return TrainResult(out_dir, result.iterations, result.seconds + expert_seconds, val_dice or result.val_dice,
+                           card)
     if len(train_pairs) < MIN_TRAIN_VOLUMES:
         raise TrainingDataError(f"Training needs at least {MIN_TRAIN_VOLUMES} labelled volumes besides validation; "
                                 f"got {len(train_pairs)}. Add labelled scans or lower --val-fraction.")
@@ -368,6 +413,24 @@ def train(train_pairs: Sequence[tuple[Volume, np.ndarray, str]], val_pairs: Sequ
     return _export(trainer, train_set, val_set, val_pairs, table, out_dir, cfg, anatomy=anatomy, plane=plane,
                    spacing=spacing, norm=norm, name=name, title=title, emit=emit, extra_card=extra_card,
                    foreground_ml=largest_foreground_ml([*train_pairs, *val_pairs]))
+
+
+def _validation_dice(folder: Path, val_pairs, table, device: str) -> dict[str, float]:
+    """Dice per structure (and their mean) of the model in ``folder`` on the validation pairs, through the real
+    predictor (geometry, resampling, calibration, post-processing and any source expert included)."""
+    if not val_pairs:
+        return {}
+    predictor = Predictor.from_folder(folder, device=device)
+    scores = {t.name: [] for t in table}
+    for image, lab, _ in val_pairs:
+        res = predictor.predict(image)
+        for t in table:
+            p, r = res.labels.array == t.value, lab == t.value
+            if r.any():
+                scores[t.name].append(2.0 * np.logical_and(p, r).sum() / (p.sum() + r.sum()))
+    val_dice = {k: round(float(np.mean(v)), 4) for k, v in scores.items() if v}
+    val_dice["mean"] = round(float(np.mean(list(val_dice.values()))), 4)
+    return val_dice
 
 
 def _median_inplane_spacing(volumes: Sequence[Volume], plane: str) -> float:
@@ -474,18 +537,8 @@ def _export(trainer: Trainer, train_set: SliceSet, val_set: SliceSet | None, val
     )
     write_card(card, out_dir)
     # end-to-end validation through the real predictor (geometry, resampling, calibration included)
-    val_dice: dict[str, float] = {}
-    if val_pairs:
-        predictor = Predictor.from_folder(out_dir, device=trainer.device.type)
-        scores = {t.name: [] for t in table}
-        for image, lab, _ in val_pairs:
-            res = predictor.predict(image)
-            for t in table:
-                p, r = res.labels.array == t.value, lab == t.value
-                if r.any():
-                    scores[t.name].append(2.0 * np.logical_and(p, r).sum() / (p.sum() + r.sum()))
-        val_dice = {k: round(float(np.mean(v)), 4) for k, v in scores.items() if v}
-        val_dice["mean"] = round(float(np.mean(list(val_dice.values()))), 4)
+    val_dice = _validation_dice(out_dir, val_pairs, table, trainer.device.type)
+    if val_dice:
         card.metrics = {**card.metrics, "validation_dice": val_dice}
         write_card(card, out_dir)
     emit({"event": "done", "model_folder": str(out_dir), "val_dice": val_dice, "iterations": trainer.state.iteration,

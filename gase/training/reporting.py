@@ -59,11 +59,13 @@ class ScalarLog:
             return
         it = int(event.get("iteration", -1))
         seconds = event.get("seconds", "")
+        # the source expert's run (see gase.training.loop.train) is logged under its own names
+        prefix = "source_expert/" if event.get("phase") == "source expert" else ""
         if kind == "progress":
-            values = {f"loss/{k}": v for k, v in event.get("losses", {}).items()}
-            values["eta_s"] = event.get("eta_s", float("nan"))
-        elif kind == "validation":
-            values = {f"val_dice/{k}": v for k, v in event.get("dice", {}).items()}
+            values = {f"{prefix}loss/{k}": v for k, v in event.get("losses", {}).items()}
+            values[f"{prefix}eta_s"] = event.get("eta_s", float("nan"))
+        elif kind in ("validation", "phase validation"):
+            values = {f"{prefix}val_dice/{k}": v for k, v in event.get("dice", {}).items()}
         else:
             return
         rows = [{"iteration": it, "seconds": _num(seconds), "name": k, "value": _num(v)} for k, v in values.items()]

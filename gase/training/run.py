@@ -65,6 +65,8 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         if args.checkpoint_every < 1:
             raise InputError("--checkpoint-every must be at least 1 (iterations between checkpoints).")
         cfg.checkpoint_every = args.checkpoint_every
+    if getattr(args, "no_source_expert", False):
+        cfg.source_expert = False
     cfg.device = args.device
     cfg.seed = args.seed
     if args.plane:
@@ -103,6 +105,10 @@ def run_training_cli(args: argparse.Namespace) -> int:
 
         def on_event(e: dict) -> None:
             if e["event"] == "progress":
+                if e.get("phase") == "source expert" and not bar.desc.startswith("source expert"):
+                    bar.write("training the source expert (the segmenter alone, on the source style)")
+                    bar.reset(total=e.get("total", cfg.iterations))  # its own rate and ETA
+                    bar.set_description("source expert")
                 bar.n = e["iteration"]
                 bar.set_postfix({k: f"{v:.3f}" for k, v in list(e["losses"].items())[:3]})
                 bar.refresh()

@@ -1,0 +1,175 @@
+"""The source expert: trained with a GASE model, attached to its folder, and used where its own style
+manifold finds a scan in the training style (see gase.predictor.Predictor.predict)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gase.errors import ModelError
+from gase.labels import KNEE_LABELS, PELVIS_LABELS
+from gase.model_card import EXPERT_FILES, attach_source_expert, load_card
+from gase.predictor import Predictor
+from gase.training.config import TrainConfig
+from gase.training.loop import train
+from gase.volume import Volume
+
+
+def _with_expert_threshold(src: Path, dst: Path, threshold: float) -> Path:
+    """A copy of the model folder whose expert accepts every scan (huge threshold) or none (tiny). The tiny
+    model over-segments: the size check is widened so that only the style decides."""
+    shutil.copytree(src, dst)
+    card = json.loads((dst / "model.json").read_text())
+    card["source_expert"]["validity"]["threshold"] = threshold
+    card["validity"]["training_foreground_ml"] = 1e6
+    (dst / "model.json").write_text(json.dumps(card))
+    return dst
+
+
+def test_gase_training_attaches_the_erm_run_as_its_source_expert(tiny_model, knee_cases, tmp_path):
+    card = load_card(tiny_model)
+    assert card.source_expert and set(EXPERT_FILES.values()) <= set(card.files)
+    assert card.training["config"]["source_expert"] is True
+    assert card.source_expert["training"]["config"]["method"] == "erm"
+    assert card.source_expert["training"]["iterations"] == card.training["iterations"]
+    # the expert is exactly the "erm" run with the same settings (CPU training is deterministic)
+    torch.set_num_threads(1)
+    pairs = [(img, lab.array.astype("uint8"), f"case{n}") for n, (img, lab) in enumerate(knee_cases)]
+    cfg = TrainConfig(method="erm", iterations=12, batch_size=4, crop=64, val_every=12, checkpoint_every=6,
+                      device="cpu", seed=0)
+    erm = train(pairs[:3], pairs[3:4], KNEE_LABELS, tmp_path / "erm", cfg, anatomy="knee", plane="sagittal")
+    a, b = load_file(str(tiny_model / EXPERT_FILES["weights"])), load_file(str(erm.model_folder / "weights.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert card.source_expert["validity"]["threshold"] == load_card(erm.model_folder).validity["threshold"]
+    # ... and a GASE run given that folder attaches the same files instead of training it again
+    gase_cfg = TrainConfig(method="gase", iterations=12, batch_size=4, crop=64, val_every=12, checkpoint_every=6,
+                           device="cpu", seed=0)
+    again = train(pairs[:3], pairs[3:4], KNEE_LABELS, tmp_path / "gase", gase_cfg, anatomy="knee",
+                  plane="sagittal", source_expert_from=erm.model_folder)
+    assert again.card.files[EXPERT_FILES["weights"]] == card.files[EXPERT_FILES["weights"]]
+    assert not (tmp_path / "gase" / "training" / "source-expert").exists()
+
+
+@pytest.mark.parametrize("accepts", [True, False])
+def test_routing_uses_the_expert_only_on_scans_it_accepts(tiny_model, knee_cases, tmp_path, accepts):
+    folder = _with_expert_threshold(tiny_model, tmp_path / "m", 1e6 if accepts else 1e-6)
+    routed = Predictor.from_folder(folder, device="cpu")
+    image = knee_cases[4][0]
+    res = routed.predict(image)
+    expert_alone = routed.expert.predict(image)
+    gase_alone = Predictor.from_folder(folder, device="cpu")
+    gase_alone.expert = None
+    gase = gase_alone.predict(image)
+    assert res.extra["source_expert"]["used"] is accepts
+    assert res.extra["source_expert"]["style_score"] == pytest.approx(expert_alone.validity.score, abs=1e-3)
+    chosen = expert_alone if accepts else gase
+    np.testing.assert_array_equal(res.labels.array, chosen.labels.array)
+    np.testing.assert_allclose(res.confidence.array, chosen.confidence.array, atol=1e-6)
+    assert res.expected_dice_overall == pytest.approx(chosen.expected_dice_overall, nan_ok=True)
+    assert res.stability_per_label == pytest.approx(chosen.stability_per_label, nan_ok=True)
+    # the validity verdict is always the GASE segmenter's (the encoder-only pass gives the same features)
+    assert res.validity.score == pytest.approx(gase.validity.score, rel=1e-4)
+    assert res.validity.valid == gase.validity.valid
+    np.testing.assert_allclose(res.validity.embedding_2d, gase.validity.embedding_2d, atol=1e-3)
+    assert res.model_name == gase.model_name
+    report = res.report()
+    assert report["source_expert"]["used"] is accepts
+    json.dumps(report)
+
+
+def test_routing_reports_progress_once_through(tiny_model, knee_cases, tmp_path):
+    steps = []
+    for accepts in (True, False):
+        folder = _with_expert_threshold(tiny_model, tmp_path / f"m{accepts}", 1e6 if accepts else 1e-6)
+        seen = []
+        Predictor.from_folder(folder, device="cpu").predict(knee_cases[4][0], progress=lambda f, m: seen.append(f))
+        assert seen[-1] == 1.0 and all(0.0 <= f <= 1.0 for f in seen)
+        assert all(b >= a - 1e-9 for a, b in zip(seen, seen[1:])), seen
+        steps.append(seen)
+
+
+def test_stability_switch_reaches_the_expert(tiny_model, knee_cases, tmp_path):
+    folder = _with_expert_threshold(tiny_model, tmp_path / "m", 1e6)
+    p = Predictor.from_folder(folder, device="cpu")
+    p.stability_slices = 0
+    res = p.predict(knee_cases[4][0])
+    assert res.extra["source_expert"]["used"] and res.stability_per_label == {}
+
+
+def test_a_damaged_expert_is_refused_clearly(tiny_model, tmp_path):
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model, folder)
+    (folder / EXPERT_FILES["validity"]).unlink()
+    with pytest.raises(ModelError, match="expert_validity.safetensors but the file is missing"):
+        Predictor.from_folder(folder, device="cpu")
+    card = json.loads((folder / "model.json").read_text())
+    del card["files"][EXPERT_FILES["validity"]]
+    (folder / "model.json").write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="source expert but does not list expert_validity"):
+        load_card(folder)
+    card["files"][EXPERT_FILES["validity"]] = "0" * 64
+    card["source_expert"]["validity"]["threshold"] = -1
+    (folder / "model.json").write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="positive number"):
+        load_card(folder, verify=False)
+
+
+def test_an_expert_for_other_labels_is_refused(tiny_model, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model, other)
+    card = json.loads((other / "model.json").read_text())
+    card["labels"] = [lab.to_json() for lab in PELVIS_LABELS]
+    card.pop("source_expert")
+    card["postprocessing"] = {}
+    (other / "model.json").write_text(json.dumps(card))
+    target = tmp_path / "target"
+    shutil.copytree(tiny_model, target)
+    before = (target / "model.json").read_text()
+    with pytest.raises(ModelError, match="differ in labels"):
+        attach_source_expert(target, other)
+    assert (target / "model.json").read_text() == before  # nothing changed
+
+
+def test_cli_switch_and_config(tmp_path):
+    from gase.cli import build_parser
+    from gase.training.run import build_config
+
+    args = build_parser().parse_args(["train", "--images", "i", "--labels", "l", "--out", "o", "--no-source-expert"])
+    assert build_config(args).source_expert is False
+    args = build_parser().parse_args(["train", "--images", "i", "--labels", "l", "--out", "o"])
+    assert build_config(args).source_expert is True
+
+
+def test_training_panel_progress_spans_both_phases():
+    from GASETrainingLib.job import TrainingStatus
+
+    st = TrainingStatus(iteration=1000, total=2000, phase="gase")
+    assert st.fraction == pytest.approx(0.4)
+    st = TrainingStatus(iteration=1000, total=2000, phase="source expert")
+    assert st.fraction == pytest.approx(0.9) and st.summary().startswith("source expert: iteration 1000/2000")
+    assert TrainingStatus(iteration=500, total=2000).fraction == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("route", ["expert", "gase"])
+def test_segment_command_route_option(tiny_model, knee_cases, tmp_path, capsys, route):
+    from gase.cli import main
+    from gase.volume import write_volume
+
+    write_volume(knee_cases[4][0], tmp_path / "knee.nrrd")
+    assert main(["segment", str(tmp_path / "knee.nrrd"), "--model", str(tiny_model), "--out", str(tmp_path / "out"),
+                 "--device", "cpu", "--route", route]) == 0
+    report = json.loads((tmp_path / "out" / "knee_report.json").read_text())
+    printed = capsys.readouterr().out
+    if route == "expert":
+        assert report["source_expert"]["route"] == "expert" and report["source_expert"]["used"] is True
+        assert "segmented by the source-style expert (route: expert)" in printed
+    else:  # the GASE segmenter alone: no expert pass, nothing to say about it
+        assert "source_expert" not in report and "segmented by" not in printed
+    with pytest.raises(SystemExit):
+        main(["segment", str(tmp_path / "knee.nrrd"), "--model", str(tiny_model), "--out", str(tmp_path / "o2"),
+              "--route", "best"])
