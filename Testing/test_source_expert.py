@@ -173,3 +173,19 @@ def test_segment_command_route_option(tiny_model, knee_cases, tmp_path, capsys, 
     with pytest.raises(SystemExit):
         main(["segment", str(tmp_path / "knee.nrrd"), "--model", str(tiny_model), "--out", str(tmp_path / "o2"),
               "--route", "best"])
+
+
+def test_a_scan_declined_on_style_is_segmented_once(tiny_model, knee_cases, tmp_path):
+    """The expert's style verdict comes from its encoders alone: a scan it declines on style never gets the
+    expert's full pass (time, and the peak memory of a second set of outputs)."""
+    folder = _with_expert_threshold(tiny_model, tmp_path / "m", 1e-6)
+    p = Predictor.from_folder(folder, device="cpu")
+
+    def not_expected(*args, **kwargs):
+        raise AssertionError("the expert segmented a scan it declines on style")
+
+    p.expert._predict = not_expected
+    res = p.predict(knee_cases[4][0])
+    assert res.extra["source_expert"]["used"] is False
+    alone = Predictor.from_folder(folder, device="cpu").expert.predict(knee_cases[4][0])
+    assert res.extra["source_expert"]["style_score"] == pytest.approx(alone.validity.score, abs=1e-3)

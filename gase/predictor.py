@@ -570,9 +570,10 @@ class Predictor:
         arrays in the volume's shape (max softmax probability; entropy in nats), for benchmarks. They are
         not JSON: drop them before :meth:`SegmentationResult.report`.
 
-        A model with a source expert (:attr:`expert`) routes: the expert segments first; if its own style
-        manifold finds the scan in the training style (and its other checks pass), its labels, confidence
-        and reliability are the result, else the robust GASE segmenter segments the scan again. The
+        A model with a source expert (:attr:`expert`) routes: the expert's encoders score the scan's style
+        first; if its style manifold finds the scan in the training style and it is no CT, the expert
+        segments it, and if its size check passes too its labels, confidence and reliability are the result;
+        otherwise the robust GASE segmenter segments the scan. The
         validity verdict is always the GASE segmenter's. ``extra["source_expert"]`` says which was used.
         :attr:`route` ``"expert"`` / ``"gase"`` makes that network segment every scan."""
         if self.route not in ROUTES:
@@ -582,21 +583,32 @@ class Predictor:
         self.expert.stability_slices = self.stability_slices
         t0 = time.perf_counter()
         progress = progress or (lambda f, m: None)
-        res, stab_in = self.expert._predict(volume, lambda f, m: progress(0.5 * f, f"source-style expert: {m}"),
-                                            cancel, return_probabilities, stability=False)
-        ev = res.validity
+        self._checked_slices(volume)
+        # The expert's style verdict needs only its encoders (the same features as its full pass): a scan it
+        # would decline on style or as a CT is segmented once, by the GASE segmenter (time and peak memory).
+        progress(0.0, "source-style expert: checking the image style")
+        ev, _ = self.expert._validity_pass(volume, float("nan"), cancel)
+        res = stab_in = None
+        start = 0.15
+        if self.route == "expert" or (ev.style_valid and ev.modality_valid):
+            res, stab_in = self.expert._predict(
+                volume, lambda f, m: progress(0.15 + 0.45 * f, f"source-style expert: {m}"), cancel,
+                return_probabilities, stability=False)
+            ev, start = res.validity, 0.6  # now with the size check on what it segmented
         use = bool(ev.valid) or self.route == "expert"
         info = {"used": use, "style_score": round(float(ev.score), 4), "threshold": round(float(ev.threshold), 4),
                 **({"route": self.route} if self.route != "auto" else {})}
         if not use:
-            res = stab_in = None  # the expert's outputs go before the second pass allocates its own
-            res = self._predict(volume, lambda f, m: progress(0.5 + 0.5 * f, m), cancel, return_probabilities)[0]
+            res = stab_in = None  # the expert's outputs (if any) go before this pass allocates its own,
+            _trim_heap()          # and the heap pages its batches left go back to the OS (peak RSS)
+            res = self._predict(volume, lambda f, m: progress(start + (1 - start) * f, m), cancel,
+                                return_probabilities)[0]
         else:
             if stab_in is not None:
-                progress(0.6, "checking stability")
+                progress(0.65, "checking stability")
                 stab = self._guarded_stability(self.expert, stab_in)
                 res.stability_per_label, res.stability_overall = stab, _finite_mean(stab.values())
-            progress(0.75, "checking the input against the GASE style manifold")
+            progress(0.8, "checking the input against the GASE style manifold")
             res.validity, res.extra["manifold"] = self._validity_pass(volume, ev.foreground_ml, cancel)
             res.model_name = f"{self.card.name} {self.card.version}"
             res.device = self.device.type
@@ -604,6 +616,22 @@ class Predictor:
         res.extra["source_expert"] = info
         res.seconds = time.perf_counter() - t0
         return res
+
+    def _checked_slices(self, volume: Volume):
+        """(reorientation, canonical view of the voxels) after the checks every input gets first."""
+        if min(volume.shape) < 1 or volume.array.size == 0:
+            raise InputError(f"The volume is empty (shape {volume.shape}).")
+        if not (np.issubdtype(volume.array.dtype, np.number) or volume.array.dtype == bool) \
+                or np.iscomplexobj(volume.array):
+            raise InputError(f"Voxel type {volume.array.dtype} is not a real number; GASE needs a grey-scale "
+                             "image (for complex MR data, segment the magnitude image).")
+        reo = reorientation_for(volume, self.card.plane)
+        canon = reo.forward(volume.array)
+        if min(canon.shape[1:]) < 8:
+            raise InputError(f"The slices in the model's {self.card.plane} plane are only "
+                             f"{canon.shape[1]}x{canon.shape[2]} pixels; the image is too small or stored in "
+                             "another plane than the model expects.")
+        return reo, canon
 
     @staticmethod
     def _guarded_stability(predictor: "Predictor", stab_in: tuple) -> dict[str, float]:
@@ -620,19 +648,8 @@ class Predictor:
         chosen raw slices and their labels before post-processing, ...) are returned for later; else None."""
         t0 = time.perf_counter()
         progress = progress or (lambda f, m: None)
-        if min(volume.shape) < 1 or volume.array.size == 0:
-            raise InputError(f"The volume is empty (shape {volume.shape}).")
-        if not (np.issubdtype(volume.array.dtype, np.number) or volume.array.dtype == bool) \
-                or np.iscomplexobj(volume.array):
-            raise InputError(f"Voxel type {volume.array.dtype} is not a real number; GASE needs a grey-scale "
-                             "image (for complex MR data, segment the magnitude image).")
-        reo = reorientation_for(volume, self.card.plane)
-        canon = reo.forward(volume.array)
+        reo, canon = self._checked_slices(volume)
         n_slices = canon.shape[0]
-        if min(canon.shape[1:]) < 8:
-            raise InputError(f"The slices in the model's {self.card.plane} plane are only "
-                             f"{canon.shape[1]}x{canon.shape[2]} pixels; the image is too small or stored in "
-                             "another plane than the model expects.")
         spacing_hw = reo.spacing[1:]
         size = checked_working_size(canon.shape[1:], spacing_hw, self.card.input_spacing_mm)
         lo, hi = self.normalization.intensity_range(volume.array, device=self.device)
