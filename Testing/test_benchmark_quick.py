@@ -163,3 +163,31 @@ def test_reuse_models_reevaluates_without_training(quick_run, tmp_path):
     with pytest.raises(InputError, match="no trained model"):
         main(["--quick", "--anatomy", "knee", "--out", str(tmp_path / "none"), "--device", "cpu",
               "--models-dir", str(tmp_path / "empty"), "--reuse-models"])
+
+
+@pytest.mark.slow
+def test_retrain_one_method_and_reuse_the_others(quick_run, tmp_path):
+    """``--reuse-models --retrain gase`` trains GASE anew (from the reused ERM model: its source expert and
+    warm start) and re-evaluates the others; CPU training is deterministic, so the new GASE weights are the
+    quick run's own."""
+    from safetensors.torch import load_file
+
+    out, res = quick_run
+    models = tmp_path / "models"
+    shutil.copytree(out / "models", models)
+    # copies: load_file maps the file, which is overwritten below
+    before = {k: v.clone() for k, v in load_file(str(models / "knee-gase" / "weights.safetensors")).items()}
+    (models / "knee-gase" / "weights.safetensors").write_bytes(b"stale")  # replaced, not read
+    again = tmp_path / "again"
+    main(["--quick", "--anatomy", "knee", "--out", str(again), "--device", "cpu", "--threads", "1",
+          "--models-dir", str(models), "--reuse-models", "--retrain", "gase"])
+    res2 = json.loads((again / "results.json").read_text())
+    assert "train knee/gase" in res2["meta"]["wall_s"] and "train knee/erm" not in res2["meta"]["wall_s"]
+    training = res2["meta"]["training"]
+    assert "reused_from" in training["knee/erm"] and "reused_from" not in training["knee/gase"]
+    after = load_file(str(models / "knee-gase" / "weights.safetensors"))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    text = (again / "RESULTS.md").read_text()
+    assert "knee/gase trained here" in text and "`--reuse-models --retrain`" in text
+    with pytest.raises(SystemExit):
+        main(["--quick", "--anatomy", "knee", "--out", str(tmp_path / "x"), "--retrain", "gase"])

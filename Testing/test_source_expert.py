@@ -142,17 +142,86 @@ def test_cli_switch_and_config(tmp_path):
     args = build_parser().parse_args(["train", "--images", "i", "--labels", "l", "--out", "o", "--no-source-expert"])
     assert build_config(args).source_expert is False
     args = build_parser().parse_args(["train", "--images", "i", "--labels", "l", "--out", "o"])
-    assert build_config(args).source_expert is True
+    assert build_config(args).source_expert is True and build_config(args).warm_start is True
+    args = build_parser().parse_args(["train", "--images", "i", "--labels", "l", "--out", "o", "--no-warm-start"])
+    assert build_config(args).warm_start is False and build_config(args).source_expert is True
+    # an expert-less or baseline run has nothing to start from
+    assert TrainConfig(method="erm").validate().warm_start is False
+    assert TrainConfig(source_expert=False).validate().warm_start is False
 
 
 def test_training_panel_progress_spans_both_phases():
     from GASETrainingLib.job import TrainingStatus
 
-    st = TrainingStatus(iteration=1000, total=2000, phase="gase")
-    assert st.fraction == pytest.approx(0.4)
-    st = TrainingStatus(iteration=1000, total=2000, phase="source expert")
-    assert st.fraction == pytest.approx(0.9) and st.summary().startswith("source expert: iteration 1000/2000")
+    # the run says where each phase starts and what share of the whole it is (warm start: the expert first)
+    st = TrainingStatus(iteration=1000, total=2000, phase="source expert", phase_span=(0.0, 0.2))
+    assert st.fraction == pytest.approx(0.1) and st.summary().startswith("source expert: iteration 1000/2000")
+    st = TrainingStatus(iteration=1000, total=2000, phase="gase", phase_span=(0.2, 0.8))
+    assert st.fraction == pytest.approx(0.6)
+    # events of runs before phase_span: GASE first, then the expert
+    assert TrainingStatus(iteration=1000, total=2000, phase="gase").fraction == pytest.approx(0.4)
+    assert TrainingStatus(iteration=1000, total=2000, phase="source expert").fraction == pytest.approx(0.9)
     assert TrainingStatus(iteration=500, total=2000).fraction == pytest.approx(0.25)
+
+
+def _tiny_pairs(knee_cases):
+    return [(img, lab.array.astype("uint8"), f"case{n}") for n, (img, lab) in enumerate(knee_cases)]
+
+
+@pytest.fixture(scope="module")
+def tiny_erm(knee_cases, tmp_path_factory):
+    torch.set_num_threads(1)
+    cfg = TrainConfig(method="erm", iterations=6, batch_size=4, crop=64, val_every=6, checkpoint_every=6,
+                      device="cpu", seed=0)
+    pairs = _tiny_pairs(knee_cases)
+    return train(pairs[:3], pairs[3:4], KNEE_LABELS, tmp_path_factory.mktemp("erm") / "erm", cfg, anatomy="knee",
+                 plane="sagittal").model_folder
+
+
+@pytest.mark.parametrize("warm", [True, False])
+def test_warm_start_the_gase_segmenter_starts_from_the_experts_weights(tiny_erm, knee_cases, tmp_path, warm):
+    """With warm_start (the default) the GASE segmenter begins where the source expert ended. At learning rate 0
+    its weights stay what they began as: the expert's exactly, or (no warm start) a fresh initialisation."""
+    pairs = _tiny_pairs(knee_cases)
+    cfg = TrainConfig(method="gase", iterations=2, batch_size=4, crop=64, val_every=2, checkpoint_every=2,
+                      device="cpu", seed=0, lr=0.0, warm_start=warm)
+    events = []
+    res = train(pairs[:3], pairs[3:4], KNEE_LABELS, tmp_path / "gase", cfg, anatomy="knee", plane="sagittal",
+                source_expert_from=tiny_erm, on_event=events.append)
+    ours = {k: v for k, v in load_file(str(res.model_folder / "weights.safetensors")).items() if k.startswith("segmenter.")}
+    expert = {k: v for k, v in load_file(str(tiny_erm / "weights.safetensors")).items() if k.startswith("segmenter.")}
+    assert ours.keys() == expert.keys()
+    same = all(torch.equal(ours[k], expert[k]) for k in ours)
+    assert same is warm
+    assert any(e["event"] == "warm start" for e in events) is warm
+    assert res.card.training["config"]["warm_start"] is warm
+    # the expert was given (not trained here): the GASE run is the whole of the progress
+    assert {tuple(e["phase_span"]) for e in events if e["event"] == "progress"} == {(0.0, 1.0)}
+
+
+def test_warm_start_order_and_progress_spans(knee_cases, tmp_path):
+    """Trained here: the expert first (the first fifth of the progress), then the GASE run from its weights."""
+    torch.set_num_threads(1)
+    pairs = _tiny_pairs(knee_cases)
+    cfg = TrainConfig(method="gase", iterations=10, batch_size=2, crop=64, val_every=10, checkpoint_every=10,
+                      device="cpu", seed=0)
+    events = []
+    train(pairs[:3], pairs[3:4], KNEE_LABELS, tmp_path / "gase", cfg, anatomy="knee", plane="sagittal",
+          on_event=events.append)
+    progress = [(e["phase"], e["iteration"], tuple(e["phase_span"])) for e in events if e["event"] == "progress"]
+    assert progress == [("source expert", 10, (0.0, 0.2)), ("gase", 10, (0.2, 0.8))]
+    warm = [e for e in events if e["event"] == "warm start"]
+    assert len(warm) == 1 and Path(warm[0]["from"]) == tmp_path / "gase" / "training" / "source-expert"
+
+
+def test_warm_start_from_another_architecture_is_refused(tiny_erm, knee_cases, tmp_path):
+    pairs = _tiny_pairs(knee_cases)
+    cfg = TrainConfig(method="gase", iterations=2, batch_size=4, crop=64, val_every=2, checkpoint_every=2,
+                      device="cpu", seed=0, segmenter_channels=(8, 16, 32, 64, 128))
+    with pytest.raises(ModelError, match="does not match this training's architecture"):
+        train(pairs[:3], pairs[3:4], KNEE_LABELS, tmp_path / "gase", cfg, anatomy="knee", plane="sagittal",
+              source_expert_from=tiny_erm)
+    assert not (tmp_path / "gase" / "model.json").exists()  # nothing half-written
 
 
 @pytest.mark.parametrize("route", ["expert", "gase"])

@@ -129,3 +129,43 @@ def test_a_view_past_the_working_size_limit_is_left_out(tiny_model, knee_cases, 
     res = predictor.predict(img)
     np.testing.assert_array_equal(res.labels.array, ref.labels.array)
     assert math.isfinite(res.stability_overall) and res.stability_overall != ref.stability_overall
+
+
+def test_a_view_never_needs_more_memory_than_the_segmentation(tiny_model, knee_cases, one_thread, monkeypatch):
+    """On slices whose batch is one slice and over the free allowance, the enlarging view (1.25x: 1.56x the
+    pixels) runs on a crop about the structures, so no forward pass of the check is larger than the main
+    pass's; smaller views keep the whole slice. Below the allowance nothing changes."""
+    import gase.predictor as gp
+
+    from gase.orientation import reorientation_for
+
+    predictor = Predictor.from_folder(tiny_model, device="cpu")
+    predictor.card.postprocessing = {}
+    predictor.route = "gase"  # one network's passes only
+    img, _ = knee_cases[1]
+    ref = predictor.predict(img)
+    n_fg = sum(bool(s.any()) for s in reorientation_for(img, predictor.card.plane).forward(ref.labels.array))
+    real = gp.run_slices
+    sizes = []
+
+    def recording(model, x, spacing_hw, model_spacing, *a, **k):
+        sizes.append((x.shape[0], *gp.working_size(x.shape[-2:], spacing_hw, model_spacing)))
+        return real(model, x, spacing_hw, model_spacing, *a, **k)
+
+    monkeypatch.setattr(gp, "run_slices", recording)
+    monkeypatch.setattr(predictor, "batch_size", 1)
+    monkeypatch.setattr(gp, "STABILITY_FREE_PIXELS", 1)  # this small knee stands for a huge slice
+    res = predictor.predict(img)
+    np.testing.assert_array_equal(res.labels.array, ref.labels.array)
+    main = max(h * w for n, h, w in sizes[:img.shape[0]])  # the main pass: one slice per batch
+    check = sizes[img.shape[0]:]
+    assert len(check) == 4 * min(16, n_fg)  # 4 views, one slice each
+    assert all(n == 1 for n, _, _ in check) and max(h * w for _, h, w in check) <= main
+    assert any(h * w < 0.8 * main for _, h, w in check)  # the enlarging view ran on a crop ...
+    assert math.isfinite(res.stability_overall)           # ... and the check still gives its number
+    # an ordinary slice size (under the allowance): whole slices, the same numbers as before
+    monkeypatch.setattr(gp, "STABILITY_FREE_PIXELS", 768 * 768)
+    sizes.clear()
+    again = predictor.predict(img)
+    assert max(h * w for _, h, w in sizes[img.shape[0]:]) > main
+    assert again.stability_per_label == pytest.approx(ref.stability_per_label, nan_ok=True)

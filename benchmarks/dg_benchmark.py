@@ -63,6 +63,7 @@ class BenchConfig:
     models_dir: Path | None = None
     overwrite: bool = False
     reuse_models: bool = False
+    retrain: tuple[str, ...] = ()  # with reuse_models: these methods are trained anew, the others reused
     wall: dict = field(default_factory=dict)
 
 
@@ -148,7 +149,7 @@ def run(cfg: BenchConfig) -> dict:
     reused = {}  # --reuse-models: the earlier run's training records, checked before rendering anything
     if cfg.reuse_models:
         for a in cfg.anatomies:
-            for m in cfg.methods:
+            for m in (m for m in cfg.methods if m not in cfg.retrain):
                 reused[f"{a}/{m}"] = reused_training((cfg.models_dir or cfg.out / "models") / f"{a}-{m}",
                                                      train_cfg(m, cfg.iterations or FULL_DEFAULT_ITERATIONS))
     try:
@@ -188,7 +189,7 @@ def run(cfg: BenchConfig) -> dict:
                 # deterministic, Testing/test_source_expert.py), and its training time counts for GASE too
                 erm_folder = (cfg.models_dir or cfg.out / "models") / f"{a}-erm"
                 expert_from = erm_folder if m == "gase" and "erm" in cfg.methods else None
-                if cfg.reuse_models:
+                if cfg.reuse_models and m not in cfg.retrain:
                     trained[f"{a}/{m}"] = reused[f"{a}/{m}"]
                     upgrade_reused_card(folder, training_pairs(d.train) + training_pairs(d.val))
                     if m == "gase":
@@ -375,7 +376,12 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     ap.add_argument("--reuse-models", action="store_true",
                     help="evaluate the models an earlier run trained (in --models-dir, default OUT/models) instead "
                          "of training: for changes to the evaluation only; the settings must match")
+    ap.add_argument("--retrain", nargs="+", default=[], choices=["erm", "randcurve", "gase"], metavar="METHOD",
+                    help="with --reuse-models: train these methods anew (their earlier models are replaced) and "
+                         "reuse the others; e.g. after a change to GASE's training")
     a = ap.parse_args(argv)
+    if a.retrain and not a.reuse_models:
+        ap.error("--retrain goes with --reuse-models (without it every method is trained)")
     q = QUICK if a.quick else {}
     pick = lambda v, key, default: v if v is not None else q.get(key, default)  # noqa: E731
     cfg = BenchConfig(out=a.out, anatomies=tuple(a.anatomy), methods=tuple(dict.fromkeys(a.methods)), quick=a.quick,
@@ -388,7 +394,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
                       workers=pick(a.workers, "workers", 0 if a.quick else default_workers()), seed=a.seed,
                       train_seed=a.seed if a.train_seed is None else a.train_seed,
                       threads=a.threads, update_readme=a.update_readme, models_dir=a.models_dir,
-                      overwrite=a.overwrite, reuse_models=a.reuse_models)
+                      overwrite=a.overwrite, reuse_models=a.reuse_models, retrain=tuple(a.retrain))
     if cfg.reuse_models and cfg.train_seconds:
         ap.error("--reuse-models evaluates models trained earlier: give their --iterations, not --train-seconds")
     if cfg.test_subjects < 2 or cfg.ood_subjects < 1:

@@ -111,6 +111,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None)
     parser.add_argument("--cli", action="store_true", help="measure `gase segment` on a file (child process)")
     parser.add_argument("--tmp", default=None, help="--cli: folder for the temporary input and outputs")
+    parser.add_argument("--route", default="auto", choices=("auto", "expert", "gase"),
+                        help="which network segments (`gase segment --route`; default: the model decides)")
     args = parser.parse_args(argv)
     if args.cli:
         return cli_run(args)
@@ -125,6 +127,7 @@ def main(argv=None) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="gase-memory-model-")
         folder, note = build_untrained_model(Path(tmp.name) / "untrained"), UNTRAINED_NOTE
     predictor = Predictor.from_folder(folder, device=args.device, batch_size=args.batch_size)
+    predictor.route = args.route
     spacing = args.inplane_mm or predictor.card.input_spacing_mm
     rss_model = rss_bytes()
     volume = make_large_volume(predictor.card.plane, spacing, args.slices, args.size, args.dtype)
@@ -147,6 +150,7 @@ def main(argv=None) -> int:
     missing = max(0, args.full_slices - args.slices)
     extrapolated = peak + per_slice * missing
     row = {"device": args.device, "threads": torch.get_num_threads(), "model": note, "untrained": args.model is None,
+           "route": args.route,
            "volume": [args.slices, args.size, args.size], "dtype": args.dtype, "inplane_mm": spacing,
            "batch": predictor.batch_for((args.size, args.size), (args.size, args.size)),
            "seconds": round(seconds, 2), "slices_per_s": round(args.slices / seconds, 3),
@@ -203,7 +207,7 @@ def cli_run(args) -> int:
         input_gb = volume.array.nbytes / GB
         del volume
         cmd = [sys.executable, "-m", "gase.cli", "segment", str(path), "--model", str(folder), "--out",
-               str(Path(tmp) / "out"), "--device", args.device]
+               str(Path(tmp) / "out"), "--device", args.device, "--route", args.route]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
         print(f"gase segment on {args.slices} x {args.size} x {args.size} {args.dtype} ({input_gb:.2f} GB), "
               f"{args.threads} threads: {' '.join(cmd)}", flush=True)
@@ -221,7 +225,7 @@ def cli_run(args) -> int:
     peak = launcher["child_maxrss_bytes"]
     if launcher["launcher_maxrss_bytes"] >= peak:
         print("warning: the launcher's own peak RSS is not below the command's; the number is an upper bound")
-    row = {"mode": "cli", "device": args.device, "threads": args.threads, "model": str(folder),
+    row = {"mode": "cli", "device": args.device, "threads": args.threads, "model": str(folder), "route": args.route,
            "volume": [args.slices, args.size, args.size], "dtype": args.dtype, "inplane_mm": spacing,
            "seconds": round(seconds, 1), "input_gb": round(input_gb, 3), "output_files_gb": outputs,
            "peak_rss_gb": round(peak / GB, 3), "target_gb": 4.0}

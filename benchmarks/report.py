@@ -48,7 +48,7 @@ def _targets(res: dict) -> list[str]:
         return float("nan") if d is None else d
 
     def cell(ok, text):
-        return ("n/a" if ok is None else ("met: " if ok else "missed: ")) + text
+        return ("not decided (a method missing): " if ok is None else ("met: " if ok else "missed: ")) + text
 
     specs = [
         ("mean Dice, unseen styles", ">= 0.85, >= ERM + 0.10, > peer", lambda a: (
@@ -153,11 +153,20 @@ def run_line(meta: dict) -> str:
     budget = meta.get("train_seconds_budget")
     sized = f", sized by a timing probe to about {budget:.0f} s of training in all" if budget else ""
     train_s = sum(v.get("seconds", 0.0) for v in meta.get("training", {}).values())
-    reused = any("reused_from" in v for v in meta.get("training", {}).values())
-    timing = (f"wall time {wall.get('total', float('nan')):.0f} s, evaluation only: the models were trained "
-              f"({train_s:.0f} s of training) by an earlier run with the same settings and re-evaluated here "
-              "(`--reuse-models`)." if reused else
-              f"wall time {wall.get('total', float('nan')):.0f} s in all, {train_s:.0f} s of it training.")
+    records = meta.get("training", {})
+    reused = sorted(k for k, v in records.items() if "reused_from" in v)
+    fresh = sorted(k for k in records if k not in reused)
+    if reused and fresh:  # --reuse-models --retrain
+        timing = (f"wall time {wall.get('total', float('nan')):.0f} s; {', '.join(fresh)} trained here "
+                  f"({sum(records[k].get('seconds', 0.0) for k in fresh):.0f} s of training), "
+                  f"{', '.join(reused)} trained by an earlier run with the same settings and re-evaluated here "
+                  "(`--reuse-models --retrain`).")
+    elif reused:
+        timing = (f"wall time {wall.get('total', float('nan')):.0f} s, evaluation only: the models were trained "
+                  f"({train_s:.0f} s of training) by an earlier run with the same settings and re-evaluated here "
+                  "(`--reuse-models`).")
+    else:
+        timing = f"wall time {wall.get('total', float('nan')):.0f} s in all, {train_s:.0f} s of it training."
     return (f"{meta['mode']} run of {meta['date']} on **{meta['machine']}** (torch {meta['torch']}, MONAI "
             f"{meta['monai']}): {meta['iterations']} training iterations per model (batch {meta['batch_size']}, crop "
             f"{meta['crop']}, {setting(meta, 'crop_sampling')} crop sampling, the same for every method{sized}; data seed {meta.get('seed', 0)}, training seed "

@@ -6,6 +6,7 @@
 #   ITERATIONS=1000 bash benchmarks/run_cpu.sh [OUT_DIR]
 #   REUSE=1 ITERATIONS=1000 bash benchmarks/run_cpu.sh [OUT_DIR]   # evaluate OUT_DIR's models again, no training
 #   TRAIN_SEED=1 ITERATIONS=1000 bash benchmarks/run_cpu.sh [OUT_DIR] # same data, another training seed
+#   REUSE=1 RETRAIN=gase ITERATIONS=1000 bash benchmarks/run_cpu.sh [OUT_DIR]  # train GASE anew, reuse the rest
 #
 # OUT_DIR (default benchmarks/results/cpu) receives knee/, pelvis/ (each a complete run with its
 # run.log and models/) and the merged results at its top. Same protocol as run_full.sh (6 test subjects
@@ -20,6 +21,7 @@ mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
 extra=()
 if [ "${REUSE:-0}" = 1 ]; then extra+=(--reuse-models); fi
+if [ -n "${RETRAIN:-}" ]; then extra+=(--retrain $RETRAIN); fi  # with REUSE=1: train these methods anew
 if [ -n "${TRAIN_SEED:-}" ]; then extra+=(--train-seed "$TRAIN_SEED"); fi
 pids=()
 for anatomy in knee pelvis; do

@@ -35,7 +35,7 @@ def _random_smooth_slices(n: int, size: int, seed: int) -> torch.Tensor:
 def build_untrained_model(folder: Path, *, anatomy: str = "knee", plane: str = "sagittal",
                           input_spacing_mm: float = 0.4, seed: int = 0) -> Path:
     """Write a complete model folder (``model.json`` + safetensors) with random default-architecture weights."""
-    from safetensors.torch import save_file
+    from gase.fsutil import save_tensors
 
     from gase.predictor import build_encoder, build_segmenter
 
@@ -58,7 +58,7 @@ def build_untrained_model(folder: Path, *, anatomy: str = "knee", plane: str = "
     manifold = StyleManifold.fit(feats)
     tensors = {**{f"segmenter.{k}": v.detach().float().contiguous() for k, v in seg.state_dict().items()},
                **{f"style_encoder.{k}": v.detach().float().contiguous() for k, v in enc.state_dict().items()}}
-    save_file(tensors, str(folder / "weights.safetensors"))
-    save_file({k: v.contiguous() for k, v in manifold.to_tensors().items()}, str(folder / "validity.safetensors"))
+    save_tensors(tensors, folder / "weights.safetensors")
+    save_tensors({k: v.contiguous() for k, v in manifold.to_tensors().items()}, folder / "validity.safetensors")
     write_card(card, folder)
     return folder

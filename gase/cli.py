@@ -182,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-source-expert", action="store_true",
                    help="gase: skip the source expert (the segmenter trained alone on the training style, which "
                         "segments scans in that style; it adds about a quarter to the training time)")
+    p.add_argument("--no-warm-start", action="store_true",
+                   help="gase: start the GASE segmenter from random weights instead of the source expert's "
+                        "(the expert then trains after it)")
     p.add_argument("--config", default=None, help="JSON file of training settings (see gase.training.config)")
     p.add_argument("--name", default=None, help="model name (default: the --out folder name)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import ModelError
+from .fsutil import temp_file
 from .labels import LabelInfo, labels_from_json
 from .orientation import PLANES
 
@@ -274,7 +275,7 @@ def write_card(card: ModelCard, folder: Path) -> Path:
     folder = Path(folder)
     card.files = {p.name: sha256(p) for p in sorted(folder.glob("*.safetensors"))}
     payload = json.dumps(card.to_json(), indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".model-", suffix=".json", dir=str(folder))
+    fd, tmp = temp_file(folder, ".model-", ".json")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(payload)
     os.replace(tmp, folder / "model.json")
@@ -395,7 +396,7 @@ def attach_source_expert(folder: str | os.PathLike, expert_folder: str | os.Path
                          f"{', '.join(differs)}. Train the expert on the same labelled scans with the same settings.")
     for role, name in EXPERT_FILES.items():
         src = expert_folder / ("weights.safetensors" if role == "weights" else "validity.safetensors")
-        fd, tmp = tempfile.mkstemp(prefix=".expert-", dir=str(folder))
+        fd, tmp = temp_file(folder, ".expert-")
         os.close(fd)
         shutil.copyfile(src, tmp)
         os.replace(tmp, folder / name)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -63,6 +64,11 @@ CONTENT_FRACTION = 0.02   # fraction of content pixels for a slice to count in t
 # views 0.66 / 0.64; gamma 0.7, 1.4 and scale 0.9, 1.1: 0.47 / 0.67; all eight 0.61 / 0.67; noise 0.35 / 0.22.
 STABILITY_VIEWS = (("gamma", 0.5), ("gamma", 2.0), ("scale", 0.8), ("scale", 1.25))
 STABILITY_SLICES = 16     # foreground slices, evenly spread, segmented again per view
+# A view's batch may hold this many pixels (at the working size) even where the main pass's batches held
+# fewer; beyond it, and beyond the main pass's batch, an enlarging view runs on fewer slices per batch and,
+# for a single slice larger still (huge slices: 1024 x 1024 and up at the model spacing), on a crop about
+# the structures, so the check never needs more memory than the segmentation itself.
+STABILITY_FREE_PIXELS = 768 * 768
 ROUTES = ("auto", "expert", "gase")  # Predictor.route: which network segments, for a model with a source expert
 
 
@@ -226,6 +232,18 @@ def slice_features(model: SliceModel, x: torch.Tensor, spacing_hw: tuple[float, 
         xp = xp.contiguous(memory_format=torch.channels_last)
     with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=amp):
         return model.features(xp).float()
+
+
+def _crop_about_structures(raw: np.ndarray, labels: np.ndarray, shrink: float) -> tuple[np.ndarray, np.ndarray]:
+    """One slice (1, H, W) and its labels cut to ``shrink`` of its height and width, centred on the labelled
+    structures' bounding box (kept inside the slice): a stability view of a huge slice, in bounded memory."""
+    h, w = raw.shape[1:]
+    ch, cw = max(8, int(h * shrink)), max(8, int(w * shrink))
+    rows, cols = np.nonzero(labels[0])
+    cr, cc = ((rows.min() + rows.max()) // 2, (cols.min() + cols.max()) // 2) if rows.size else (h // 2, w // 2)
+    r0 = int(np.clip(cr - ch // 2, 0, h - ch))
+    c0 = int(np.clip(cc - cw // 2, 0, w - cw))
+    return raw[:, r0:r0 + ch, c0:c0 + cw], labels[:, r0:r0 + ch, c0:c0 + cw]
 
 
 def expected_dice(counts: np.ndarray, conf_sums: np.ndarray, msp_sums: np.ndarray, prob_sums: np.ndarray,
@@ -511,8 +529,10 @@ class Predictor:
         2025). ``canon``: the
         raw canonical slices (S, H, W); ``labels_c``: the predicted labels in the same layout; ``batch``:
         slices per pass (default :meth:`batch_for`; :meth:`predict` passes the one its own passes ended
-        with, after any out-of-memory halving). Empty dict when disabled or nothing was segmented; NaN for
-        a structure absent from the mask and every view."""
+        with, after any out-of-memory halving); a view that enlarges the slices runs on fewer of them per pass,
+        or on a crop about the structures, so that no pass holds more pixels than the segmentation's own (see
+        :data:`STABILITY_FREE_PIXELS`). Empty dict when disabled or nothing was segmented; NaN for a structure
+        absent from the mask and every view."""
         pick = self._stability_pick(labels_c)
         if pick.size == 0:
             return {}
@@ -532,27 +552,41 @@ class Predictor:
         """:meth:`stability` on exactly the given slices (raw ``canon`` and their labels ``labels_c``)."""
         labels = self.card.labels
         n_classes = self.card.n_classes
-        pick = np.arange(canon.shape[0])
-        size = checked_working_size(canon.shape[1:], spacing_hw, self.card.input_spacing_mm)
-        batch = batch or self.batch_for(canon.shape[1:], size)
+        n, hw = canon.shape[0], canon.shape[1:]
+        size = checked_working_size(hw, spacing_hw, self.card.input_spacing_mm)
+        batch = batch or self.batch_for(hw, size)
         divisor = self.model.segmenter.divisor
+        model_spacing = self.card.input_spacing_mm
         # a view that would enlarge the slice past the working-size limit is left out (huge slices only)
         views = [(k, a) for k, a in STABILITY_VIEWS if k != "scale" or np.prod(working_size(
-            canon.shape[1:], (spacing_hw[0] * a, spacing_hw[1] * a), self.card.input_spacing_mm)) <= MAX_WORKING_PIXELS]
+            hw, (spacing_hw[0] * a, spacing_hw[1] * a), model_spacing)) <= MAX_WORKING_PIXELS]
+        budget = max(batch * size[0] * size[1], STABILITY_FREE_PIXELS)  # pixels per batch (see the constant)
         confusion = torch.zeros((len(views), n_classes * n_classes), dtype=torch.int64)
+        since_trim = 0
         with torch.inference_mode():
-            for s in range(0, pick.size, batch):
-                idx = pick[s:s + batch]
-                x, _ = self._to_device(canon[idx], lo, hi)
-                base = torch.from_numpy(np.ascontiguousarray(labels_c[idx])).to(self.device).long().reshape(-1)
-                for v, (kind, amount) in enumerate(views):
-                    xv, sp = (x.clamp(min=0) ** amount, spacing_hw) if kind == "gamma" else \
-                        (x, (spacing_hw[0] * amount, spacing_hw[1] * amount))
-                    out = run_slices(self._forward, xv, sp, self.card.input_spacing_mm, divisor, self.amp,
-                                     channels_last=self.channels_last,
-                                     fixed_batch=batch if self.compiled else None)
+            for v, (kind, amount) in enumerate(views):
+                sp = spacing_hw if kind == "gamma" else (spacing_hw[0] * amount, spacing_hw[1] * amount)
+                vh, vw = working_size(hw, sp, model_spacing)
+                chunk = batch if batch * vh * vw <= budget else max(1, budget // (vh * vw))
+                shrink = min(1.0, math.sqrt(budget / (vh * vw)))  # < 1: one slice is over the budget: crop it
+                for s in range(0, n, chunk):
+                    idx = np.arange(s, min(n, s + chunk))
+                    raw, lab = canon[idx], labels_c[idx]
+                    if shrink < 1.0:
+                        raw, lab = _crop_about_structures(raw, lab, shrink)
+                    x, _ = self._to_device(raw, lo, hi)
+                    if kind == "gamma":
+                        x = x.clamp(min=0) ** amount
+                    out = run_slices(self._forward, x, sp, model_spacing, divisor, self.amp,
+                                     channels_last=self.channels_last, fixed_batch=chunk if self.compiled else None)
+                    base = torch.from_numpy(np.ascontiguousarray(lab)).to(self.device).long().reshape(-1)
                     codes = base * n_classes + out.labels.reshape(-1).long()
                     confusion[v] += torch.bincount(codes, minlength=n_classes * n_classes).cpu()
+                    if self.device.type == "cpu":  # as in the main pass: the heap would creep up otherwise
+                        since_trim += out.labels.numel()
+                        if since_trim >= TRIM_EVERY_PIXELS:
+                            _trim_heap()
+                            since_trim = 0
         m = confusion.reshape(len(views), n_classes, n_classes).double()
         inter = torch.diagonal(m, dim1=1, dim2=2)
         denom = m.sum(2) + m.sum(1)  # mask voxels + view voxels, per view and class

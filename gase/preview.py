@@ -17,7 +17,6 @@ resumable).
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -27,6 +26,7 @@ import torch
 from torch.nn import functional as F
 
 from .errors import ModelError
+from .fsutil import temp_file
 from .preprocess import Normalization
 from .volume import Volume
 
@@ -61,7 +61,7 @@ class StylePreview:
         """Write as ``.npz`` (plain arrays, no pickle), atomically: a reader never sees half a file."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".preview-", suffix=".npz", dir=str(path.parent))
+        fd, tmp = temp_file(path.parent, ".preview-", ".npz")
         os.close(fd)
         try:
             np.savez_compressed(tmp, images=self.images, labels=self.labels, alphas=np.asarray(self.alphas),

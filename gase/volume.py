@@ -14,7 +14,6 @@ Arrays are indexed ``[k, j, i]`` (slice, row, column), as ``sitk.GetArrayFromIma
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -22,6 +21,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .errors import GeometryError, InputError, OutputError
+from .fsutil import temp_file
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -362,7 +362,7 @@ def atomic_write(path: Path, write_fn, *, overwrite: bool = False, suffix: str |
     except OSError as exc:
         raise OutputError(f"{path.parent}: cannot create the output folder ({exc.strerror}).") from None
     sfx = suffix if suffix is not None else "".join(path.suffixes[-2:]) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=".gase-", suffix=sfx, dir=str(path.parent))
+    fd, tmp = temp_file(path.parent, ".gase-", sfx)
     os.close(fd)
     try:
         write_fn(Path(tmp))

@@ -140,12 +140,17 @@ class TrainingStatus:
     final_dice: dict = field(default_factory=dict)        # measured on the held-out volumes at the end
     stopped_at: int | None = None
     phase: str = ""                                       # "gase" / "source expert" (GASE models), else ""
+    phase_span: tuple = ()                                # (start, share) of the whole training this phase is
 
     @property
     def fraction(self) -> float:
-        """Share of the whole training done: a GASE run is 80% of it, its source expert's run the rest."""
+        """Share of the whole training done, over both phases of a GASE model (the run reports where each
+        phase starts and how much of the whole it is: its source expert's run is about a fifth)."""
         f = min(1.0, self.iteration / self.total) if self.total else 0.0
-        return {"gase": 0.8 * f, "source expert": 0.8 + 0.2 * f}.get(self.phase, f)
+        if len(self.phase_span) == 2:
+            start, share = self.phase_span
+            return min(1.0, start + share * f)
+        return {"gase": 0.8 * f, "source expert": 0.8 + 0.2 * f}.get(self.phase, f)  # runs before phase_span
 
     def summary(self) -> str:
         """One line for the panel: "iteration 120/2000 - ETA 4 min 10 s - validation Dice 0.71"."""
@@ -190,6 +195,8 @@ class TrainingProcess(SegmentationProcess):
         st, kind = self.status, event.get("event")
         if kind == "progress":
             st.phase = str(event.get("phase", ""))
+            span = event.get("phase_span")
+            st.phase_span = tuple(float(v) for v in span) if isinstance(span, (list, tuple)) and len(span) == 2 else ()
             st.iteration, st.total = int(event.get("iteration", 0)), int(event.get("total", 0))
             st.seconds = float(event.get("seconds", 0.0))
             st.eta_s = _float(event.get("eta_s"))

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from ..fsutil import temp_file
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -20,7 +21,7 @@ def save_checkpoint(state: dict, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob(f"{TEMP_PREFIX}*.pt"):
         stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".pt", dir=str(folder))
+    fd, tmp = temp_file(folder, TEMP_PREFIX, ".pt")
     os.close(fd)
     try:
         torch.save(state, tmp)

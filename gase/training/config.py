@@ -9,7 +9,7 @@ METHODS = ("gase", "erm", "randcurve")
 SAMPLING_MODES = ("balanced", "foreground")  # how training crops are drawn: gase.training.data.SliceSet.sample
 # What a record (model card, benchmark results) written before a setting existed was trained with. Only for
 # reading such records: a settings file without the key gets the current default.
-LEGACY_DEFAULTS = {"crop_sampling": "foreground", "source_expert": False}
+LEGACY_DEFAULTS = {"crop_sampling": "foreground", "source_expert": False, "warm_start": False}
 
 
 @dataclass
@@ -63,6 +63,9 @@ class TrainConfig:
                                             # earlier "foreground" (90% on any structure); see SliceSet.sample
     source_expert: bool = True              # gase: also train the segmenter alone on the source style (an "erm"
                                             # run, same settings), used on scans in that style; see train()
+    warm_start: bool = True                 # gase with source_expert: train the expert first and start the GASE
+                                            # segmenter from its weights (it then learns style robustness on top of
+                                            # an anatomy the expert already segments); see train()
 
     def validate(self) -> "TrainConfig":
         if self.method not in METHODS:
@@ -75,6 +78,8 @@ class TrainConfig:
             raise InputError("syn_fraction must be in (0, 1].")
         if self.w_consistency > 0 and self.syn_fraction < 1.0:
             raise InputError("w_consistency compares views of the same crops: it needs syn_fraction 1.0.")
+        if self.warm_start and not (self.method == "gase" and self.source_expert):
+            self.warm_start = False  # only a GASE run with a source expert has weights to start from
         if self.crop_sampling not in SAMPLING_MODES:
             raise InputError(f"Unknown crop_sampling {self.crop_sampling!r}; use one of {', '.join(SAMPLING_MODES)}.")
         if self.batch_size < 1 or self.crop < 32 or self.crop % 16:

@@ -67,6 +67,8 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         cfg.checkpoint_every = args.checkpoint_every
     if getattr(args, "no_source_expert", False):
         cfg.source_expert = False
+    if getattr(args, "no_warm_start", False):
+        cfg.warm_start = False
     cfg.device = args.device
     cfg.seed = args.seed
     if args.plane:
@@ -105,10 +107,14 @@ def run_training_cli(args: argparse.Namespace) -> int:
 
         def on_event(e: dict) -> None:
             if e["event"] == "progress":
-                if e.get("phase") == "source expert" and not bar.desc.startswith("source expert"):
-                    bar.write("training the source expert (the segmenter alone, on the source style)")
-                    bar.reset(total=e.get("total", cfg.iterations))  # its own rate and ETA
-                    bar.set_description("source expert")
+                label = {"source expert": "source expert", "gase": "training (gase)"}.get(e.get("phase"))
+                if label is not None and bar.desc != label:  # a new phase: its own rate and ETA
+                    if e.get("phase") == "source expert":
+                        bar.write("training the source expert (the segmenter alone, on the source style)")
+                    elif bar.n:
+                        bar.write("training the GASE segmenter, starting from the source expert's weights")
+                    bar.reset(total=e.get("total", cfg.iterations))
+                    bar.set_description(label)
                 bar.n = e["iteration"]
                 bar.set_postfix({k: f"{v:.3f}" for k, v in list(e["losses"].items())[:3]})
                 bar.refresh()
