@@ -304,7 +304,7 @@ def train(train_pairs: Sequence[tuple[Volume, np.ndarray, str]], val_pairs: Sequ
     ``on_event`` receives dicts: ``{"event": "progress" | "validation" | "checkpoint" | "done", ...}``.
     ``should_stop()`` returning True stops after the current iteration, writing a checkpoint (resumable).
 
-    ``method="gase"`` with ``source_expert`` (the default) then trains the source expert: the same run with
+    ``method="gase"`` with ``source_expert`` (the default) also trains the source expert: the same run with
     ``method="erm"`` (the segmenter alone, standard augmentation; same data, seed, iterations), in
     ``out_dir/training/source-expert/``, and attaches it to the model (see :meth:`gase.predictor.Predictor.predict`).
     Its events carry ``"phase": "source expert"``. With ``warm_start`` (the default) the expert trains first and
