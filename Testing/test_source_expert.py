@@ -258,3 +258,18 @@ def test_a_scan_declined_on_style_is_segmented_once(tiny_model, knee_cases, tmp_
     assert res.extra["source_expert"]["used"] is False
     alone = Predictor.from_folder(folder, device="cpu").expert.predict(knee_cases[4][0])
     assert res.extra["source_expert"]["style_score"] == pytest.approx(alone.validity.score, abs=1e-3)
+
+
+def test_warm_start_from_a_damaged_expert_is_refused(tiny_erm, knee_cases, tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_erm, damaged)
+    raw = bytearray((damaged / "weights.safetensors").read_bytes())
+    raw[-8:] = b"\x00" * 8
+    (damaged / "weights.safetensors").write_bytes(bytes(raw))
+    pairs = _tiny_pairs(knee_cases)
+    cfg = TrainConfig(method="gase", iterations=2, batch_size=4, crop=64, val_every=2, checkpoint_every=2,
+                      device="cpu", seed=0)
+    with pytest.raises(ModelError, match="weights.safetensors"):
+        train(pairs[:3], pairs[3:4], KNEE_LABELS, tmp_path / "gase", cfg, anatomy="knee", plane="sagittal",
+              source_expert_from=damaged)
+    assert not (tmp_path / "gase" / "model.json").exists()

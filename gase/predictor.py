@@ -66,8 +66,8 @@ STABILITY_VIEWS = (("gamma", 0.5), ("gamma", 2.0), ("scale", 0.8), ("scale", 1.2
 STABILITY_SLICES = 16     # foreground slices, evenly spread, segmented again per view
 # A view's batch may hold this many pixels (at the working size) even where the main pass's batches held
 # fewer; beyond it, and beyond the main pass's batch, an enlarging view runs on fewer slices per batch and,
-# for a single slice larger still (huge slices: 1024 x 1024 and up at the model spacing), on a crop about
-# the structures, so the check never needs more memory than the segmentation itself.
+# for a single slice larger still (on the CPU: a 1.25x view of a slice over about 614 x 614 at the model
+# spacing), on a crop about the structures, so the check never needs more memory than the segmentation.
 STABILITY_FREE_PIXELS = 768 * 768
 ROUTES = ("auto", "expert", "gase")  # Predictor.route: which network segments, for a model with a source expert
 

@@ -51,7 +51,7 @@ from torch.nn import functional as F
 from ..errors import CancelledError, ModelError, TrainingDataError
 from ..fsutil import save_tensors
 from ..labels import LabelInfo
-from ..model_card import ModelCard, attach_source_expert, write_card
+from ..model_card import ModelCard, attach_source_expert, load_card, load_tensors, prefixed, write_card
 from ..nets import MappingNetwork, SegDiscriminator, StyleEncoder, StyleGenerator
 from ..postprocess import SINGLE_OBJECT_FRACTION, single_object_labels
 from ..preprocess import Normalization, pad_to_multiple
@@ -447,18 +447,11 @@ def train(train_pairs: Sequence[tuple[Volume, np.ndarray, str]], val_pairs: Sequ
 
 
 def _init_segmenter(trainer: Trainer, folder: Path) -> None:
-    """Load the segmenter weights of the model in ``folder`` (the source expert) into ``trainer.seg``."""
-    from safetensors.torch import load_file
-
-    path = folder / "weights.safetensors"
+    """Load the segmenter of the model in ``folder`` (the source expert; card and checksums verified) into
+    ``trainer.seg``."""
+    weights = prefixed(load_tensors(load_card(folder), "weights.safetensors"), "segmenter")
     try:
-        tensors = load_file(str(path))
-    except (OSError, ValueError, RuntimeError) as exc:  # missing or damaged file
-        raise ModelError(f"{path}: cannot read the weights to start from ({exc}). Train without --warm-start "
-                         "or give a complete model folder.") from None
-    sd = {k[len("segmenter."):]: v for k, v in tensors.items() if k.startswith("segmenter.")}
-    try:
-        trainer.seg.load_state_dict(sd, strict=True)
+        trainer.seg.load_state_dict(weights, strict=True)
     except RuntimeError as exc:
         raise ModelError(f"{folder}: its segmenter does not match this training's architecture "
                          f"({str(exc).splitlines()[0]}). Start from a model trained with the same settings.") from None
