@@ -100,13 +100,24 @@ def test_gase_gets_the_runs_erm_model_as_its_source_expert(quick_run):
         t = res["meta"]["training"]
         assert t[f"{a}/gase"]["source_expert_seconds"] == t[f"{a}/erm"]["seconds"]
         assert t[f"{a}/gase"]["seconds"] == pytest.approx(card["training"]["seconds"] + t[f"{a}/erm"]["seconds"], abs=0.11)
-        recs = [r for r in res["anatomies"][a]["methods"]["gase"]["records"] if r["group"] != "ood"]
+        # warm-started: the GASE segmenter segments every scan by default; the run also evaluates the same model
+        # through the style route (the expert takes what its manifold accepts) on the same test volumes
+        g = res["anatomies"][a]["methods"]["gase"]
+        assert card["source_expert"]["route"] == "gase"
+        assert all("source_expert" not in r for r in g["records"])
+        other = g["other_route"]
+        assert other["route"] == "style" and other["default_route"] == "gase"
+        recs = other["records"]
+        assert sorted(r["case"] for r in recs) == sorted(r["case"] for r in g["records"] if r["group"] != "ood")
         assert all(isinstance(r["source_expert"]["used"], bool) for r in recs)
-        used = res["anatomies"][a]["methods"]["gase"]["summary"]["segmentation"]["source_expert_used"]
+        used = other["summary"]["segmentation"]["source_expert_used"]
         assert sum(n for _, n in used.values()) == len(recs)
         assert sum(k for k, _ in used.values()) == sum(r["source_expert"]["used"] for r in recs)
+        assert math.isfinite(other["summary"]["segmentation"]["unseen"]["dice"])
         assert "source_expert" not in res["anatomies"][a]["methods"]["erm"]["records"][0]
-    assert "volumes its source expert segmented" in (out / "RESULTS.md").read_text()
+    text = (out / "RESULTS.md").read_text()
+    assert "| GASE, route style (same model) |" in text and "default route is `gase`" in text
+    assert "GASE, route style (same model): volumes its source expert segmented" in text
 
 
 @pytest.mark.slow

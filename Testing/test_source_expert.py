@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gase.errors import ModelError
+from gase.errors import InputError, ModelError
 from gase.labels import KNEE_LABELS, PELVIS_LABELS
 from gase.model_card import EXPERT_FILES, attach_source_expert, load_card
 from gase.predictor import Predictor
@@ -26,6 +26,7 @@ def _with_expert_threshold(src: Path, dst: Path, threshold: float) -> Path:
     shutil.copytree(src, dst)
     card = json.loads((dst / "model.json").read_text())
     card["source_expert"]["validity"]["threshold"] = threshold
+    card["source_expert"]["route"] = "style"  # routed on style (the tiny model, warm-started, routes "gase")
     card["validity"]["training_foreground_ml"] = 1e6
     (dst / "model.json").write_text(json.dumps(card))
     return dst
@@ -53,6 +54,67 @@ def test_gase_training_attaches_the_erm_run_as_its_source_expert(tiny_model, kne
                   plane="sagittal", source_expert_from=erm.model_folder)
     assert again.card.files[EXPERT_FILES["weights"]] == card.files[EXPERT_FILES["weights"]]
     assert not (tmp_path / "gase" / "training" / "source-expert").exists()
+
+
+def test_a_warm_started_model_segments_every_scan_with_the_gase_segmenter(tiny_model, knee_cases, tmp_path):
+    """Warm start (the default): the GASE segmenter began from the expert's weights and segments every scan; the
+    expert stays in the folder for ``route="style"`` / ``"expert"``, and the card has both validation Dices."""
+    card = load_card(tiny_model)
+    assert card.training["config"]["warm_start"] is True and card.source_expert["route"] == "gase"
+    assert "GASE segmenter started from its weights" in card.source_expert["description"]
+    val, style = card.metrics["validation_dice"], card.metrics["validation_dice_style_route"]
+    assert set(val) == set(style) and "mean" in val
+    folder = _with_expert_threshold(tiny_model, tmp_path / "m", 1e6)  # an expert that would take every scan...
+    data = json.loads((folder / "model.json").read_text())
+    data["source_expert"]["route"] = "gase"
+    (folder / "model.json").write_text(json.dumps(data))
+    p = Predictor.from_folder(folder, device="cpu")
+    assert p.route == "auto" and p.route_in_use() == "gase"
+
+    def not_expected(*args, **kwargs):
+        raise AssertionError("the expert ran on a model that routes every scan to the GASE segmenter")
+
+    p.expert._predict = p.expert._validity_pass = not_expected
+    image = knee_cases[4][0]
+    res = p.predict(image)  # ... is never asked
+    alone = Predictor.from_folder(folder, device="cpu")
+    alone.expert = None
+    np.testing.assert_array_equal(res.labels.array, alone.predict(image).labels.array)
+    assert "source_expert" not in res.extra
+    routed = Predictor.from_folder(folder, device="cpu")
+    routed.route = "style"  # asked for: the expert takes the scans in its style
+    assert routed.route_in_use() == "style" and routed.predict(image).extra["source_expert"]["used"] is True
+
+
+def test_route_of_older_models_and_bad_routes(tiny_model, tmp_path):
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model, folder)
+    data = json.loads((folder / "model.json").read_text())
+    del data["source_expert"]["route"]  # a model from before routes were recorded: it routes on style
+    (folder / "model.json").write_text(json.dumps(data))
+    p = Predictor.from_folder(folder, device="cpu")
+    assert p.route_in_use() == "style"
+    p.route = "best"
+    with pytest.raises(InputError, match="Unknown route 'best'; use one of auto, style, expert, gase"):
+        p.route_in_use()
+    data["source_expert"]["route"] = "sometimes"
+    (folder / "model.json").write_text(json.dumps(data))
+    with pytest.raises(ModelError, match='source_expert.route must be "style" or "gase"'):
+        load_card(folder, verify=False)
+    with pytest.raises(ValueError, match="route must be"):
+        attach_source_expert(folder, tiny_model, route="expert")
+
+
+def test_training_without_warm_start_routes_on_style(tiny_erm, knee_cases, tmp_path):
+    pairs = _tiny_pairs(knee_cases)
+    cfg = TrainConfig(method="gase", iterations=2, batch_size=4, crop=64, val_every=2, checkpoint_every=2,
+                      device="cpu", seed=0, warm_start=False)
+    card = train(pairs[:3], pairs[3:4], KNEE_LABELS, tmp_path / "gase", cfg, anatomy="knee", plane="sagittal",
+                 source_expert_from=tiny_erm).card
+    card = load_card(tmp_path / "gase")
+    assert card.source_expert["route"] == "style"
+    assert "validation_dice_without_expert" in card.metrics and "validation_dice_style_route" not in card.metrics
+    assert Predictor.from_folder(tmp_path / "gase", device="cpu").route_in_use() == "style"
 
 
 @pytest.mark.parametrize("accepts", [True, False])
@@ -224,7 +286,7 @@ def test_warm_start_from_another_architecture_is_refused(tiny_erm, knee_cases, t
     assert not (tmp_path / "gase" / "model.json").exists()  # nothing half-written
 
 
-@pytest.mark.parametrize("route", ["expert", "gase"])
+@pytest.mark.parametrize("route", ["expert", "gase", "style"])
 def test_segment_command_route_option(tiny_model, knee_cases, tmp_path, capsys, route):
     from gase.cli import main
     from gase.volume import write_volume
@@ -237,6 +299,9 @@ def test_segment_command_route_option(tiny_model, knee_cases, tmp_path, capsys, 
     if route == "expert":
         assert report["source_expert"]["route"] == "expert" and report["source_expert"]["used"] is True
         assert "segmented by the source-style expert (route: expert)" in printed
+    elif route == "style":  # the expert's manifold decides; the report says which network segmented
+        assert isinstance(report["source_expert"]["used"], bool) and "route" not in report["source_expert"]
+        assert "segmented by the" in printed
     else:  # the GASE segmenter alone: no expert pass, nothing to say about it
         assert "source_expert" not in report and "segmented by" not in printed
     with pytest.raises(SystemExit):

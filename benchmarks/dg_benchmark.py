@@ -211,6 +211,14 @@ def run(cfg: BenchConfig) -> dict:
                                               list(specs[a].unseen_styles))
                 entry["methods"][m] = {"summary": summary, "records": ev.records, "manifold": ev.manifold,
                                        "training": trained[f"{a}/{m}"]}
+                if m == "gase":  # a model with a source expert: its other route on the test volumes, same run
+                    with stage(cfg, f"evaluate {a}/{m}, other route"):
+                        other = other_route(folder, device, d, entry, pool)
+                    if other is not None:
+                        entry["methods"][m]["other_route"] = other
+                        o = other["summary"]["segmentation"]
+                        print(f"  {a}/{m} (route {other['route']}): Dice source {o['source']['dice']:.3f}, "
+                              f"unseen {o['unseen']['dice']:.3f}", flush=True)
                 for kind, slices in ev.panel.items():
                     panel.update({f"{a}/{m}/{kind}/{k}": v for k, v in slices.items()})
                 s = summary["segmentation"]
@@ -239,6 +247,32 @@ def run(cfg: BenchConfig) -> dict:
         print(f"[benchmark] {msg}")
     print(f"[benchmark] total wall time {time.perf_counter() - t_total:.1f} s", flush=True)
     return results
+
+
+def other_route(folder: Path, device: str, data, entry: dict, pool) -> dict | None:
+    """The GASE model in ``folder`` evaluated on the test volumes (source and unseen styles; no OOD) through the
+    route it does not take by default (see :data:`gase.predictor.ROUTES`: ``"style"`` for a model that routes
+    ``"gase"`` and the reverse), so that both routes of one model are compared in the same run. None for a model
+    without a source expert."""
+    from dataclasses import replace
+
+    from gase.predictor import Predictor
+
+    from .evaluate import evaluate_model
+    from .summary import confidence_summary, segmentation_summary
+
+    predictor = Predictor.from_folder(folder, device=device)
+    if predictor.expert is None:
+        return None
+    default = predictor.route_in_use()
+    predictor.route = "style" if default == "gase" else "gase"
+    ev = evaluate_model(predictor, replace(data, ood=[]), "gase", (), pool)
+    conf = confidence_summary(ev.voxels, ev.records)
+    return {"route": predictor.route, "default_route": default,
+            "summary": {"segmentation": segmentation_summary(ev.records, entry["label_names"],
+                                                             [entry["source_style"], *entry["unseen_styles"]]),
+                        "confidence": {"volume": conf["volume"]}},
+            "records": ev.records}
 
 
 REUSE_KEYS = ("method", "iterations", "batch_size", "crop", "seed", "crop_sampling")

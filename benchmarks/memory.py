@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None)
     parser.add_argument("--cli", action="store_true", help="measure `gase segment` on a file (child process)")
     parser.add_argument("--tmp", default=None, help="--cli: folder for the temporary input and outputs")
-    parser.add_argument("--route", default="auto", choices=("auto", "expert", "gase"),
+    parser.add_argument("--route", default="auto", choices=("auto", "style", "expert", "gase"),
                         help="which network segments (`gase segment --route`; default: the model decides)")
     args = parser.parse_args(argv)
     if args.cli:

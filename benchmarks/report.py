@@ -88,17 +88,29 @@ def _segmentation(a: dict) -> list[str]:
     styles = [a["source_style"], *a["unseen_styles"]]
     header = ["method", f"{a['source_style']} (source)", *a["unseen_styles"], "unseen mean", "drop",
               "HD95 source (mm)", "HD95 unseen (mm)"]
-    rows = []
+    rows, summaries = [], []
     for m, d in a["methods"].items():
-        s = d["summary"]["segmentation"]
-        rows.append([METHOD_NAMES.get(m, m), *(_f(s["per_style"][st]["dice"]) for st in styles),
+        summaries.append((METHOD_NAMES.get(m, m), d["summary"]["segmentation"]))
+        if "other_route" in d:  # the same model through its other route (test volumes only)
+            summaries.append((f"{METHOD_NAMES.get(m, m)}, route {d['other_route']['route']} (same model)",
+                              d["other_route"]["summary"]["segmentation"]))
+    for name, s in summaries:
+        rows.append([name, *(_f(s["per_style"][st]["dice"]) for st in styles),
                      f"**{_f(s['unseen']['dice'])}**", _f(s["drop"]), _f(s["source"]["hd95"], 1),
                      _f(s["unseen"]["hd95"], 1)])
     out = _table(header, rows)
     for m, d in a["methods"].items():
-        used = d["summary"]["segmentation"].get("source_expert_used")
+        if "other_route" in d:
+            o = d["other_route"]
+            out += ["", f"{METHOD_NAMES.get(m, m)}'s default route is `{o['default_route']}` (see `gase segment "
+                    "--route`): " + ("the GASE segmenter segments every scan" if o["default_route"] == "gase" else
+                                     "its source expert segments what its style manifold accepts") +
+                    f". The row \"route {o['route']}\" is the same model through the other route, on the same test "
+                    "volumes."]
+    for name, s in summaries:
+        used = s.get("source_expert_used")
         if used:
-            out += ["", f"{METHOD_NAMES.get(m, m)}: volumes its source expert segmented (its own style manifold "
+            out += ["", f"{name}: volumes its source expert segmented (its own style manifold "
                     "found them in the training style; the GASE segmenter did the rest): " +
                     ", ".join(f"{st} {k}/{n}" for st, (k, n) in used.items()) + "."]
     return out

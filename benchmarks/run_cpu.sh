@@ -6,6 +6,7 @@
 #   ITERATIONS=1000 bash benchmarks/run_cpu.sh [OUT_DIR]
 #   REUSE=1 ITERATIONS=1000 bash benchmarks/run_cpu.sh [OUT_DIR]   # evaluate OUT_DIR's models again, no training
 #   TRAIN_SEED=1 ITERATIONS=1000 bash benchmarks/run_cpu.sh [OUT_DIR] # same data, another training seed
+#   DATA_SEED=1 ITERATIONS=1000 bash benchmarks/run_cpu.sh [OUT_DIR]  # other subjects (and training seed 1)
 #   REUSE=1 RETRAIN=gase ITERATIONS=1000 bash benchmarks/run_cpu.sh [OUT_DIR]  # train GASE anew, reuse the rest
 #
 # OUT_DIR (default benchmarks/results/cpu) receives knee/, pelvis/ (each a complete run with its
@@ -23,6 +24,7 @@ extra=()
 if [ "${REUSE:-0}" = 1 ]; then extra+=(--reuse-models); fi
 if [ -n "${RETRAIN:-}" ]; then extra+=(--retrain $RETRAIN); fi  # with REUSE=1: train these methods anew
 if [ -n "${TRAIN_SEED:-}" ]; then extra+=(--train-seed "$TRAIN_SEED"); fi
+if [ -n "${DATA_SEED:-}" ]; then extra+=(--seed "$DATA_SEED"); fi
 pids=()
 for anatomy in knee pelvis; do
   mkdir -p "$OUT_DIR/$anatomy"

@@ -264,7 +264,7 @@ def main(argv=None) -> int:
             card = predictor.expert.card
             keep_threshold = card.validity["threshold"]
             for key, route, threshold in (("expert_segments", "expert", keep_threshold),
-                                          ("expert_declines", "auto", 0.0), ("gase_only", "gase", keep_threshold)):
+                                          ("expert_declines", "style", 0.0), ("gase_only", "gase", keep_threshold)):
                 predictor.route, card.validity["threshold"] = route, threshold
                 walls, cpus = timed(run_gase, repeats, device)
                 rows[f"gase_{dtype}_{key}"] = summarise(walls, cpus, args.slices)

@@ -154,9 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=None,
                    help="slices per network batch (default: 8 CPU, 32 GPU; fewer for large slices: on the CPU "
                         "as many as fit in 384x384 pixels)")
-    p.add_argument("--route", default="auto", choices=("auto", "expert", "gase"),
-                   help="models with a source expert: auto (default) lets the expert segment scans in the "
-                        "training style and the GASE segmenter the rest; expert or gase uses that one always")
+    p.add_argument("--route", default="auto", choices=("auto", "style", "expert", "gase"),
+                   help="models with a source expert: auto (default) follows the model (models trained with "
+                        "warm start: the GASE segmenter; older ones: style); style lets the expert segment scans "
+                        "in the training style and the GASE segmenter the rest; expert or gase uses that one always")
     p.add_argument("--nifti", action="store_true", help="also write the label map as <case>_labels.nii.gz")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse)")
     p.add_argument("--progress-json", action="store_true", help="print progress as JSON lines (for Slicer)")

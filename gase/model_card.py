@@ -225,6 +225,9 @@ def parse_card(data: Any, folder: Path | None = None) -> ModelCard:
                 not all(_number(ecal.get(k, 0.0)) for k in ("scale", "bias")):
             raise ModelError(f"{where}: source_expert needs validity.threshold (a positive number) and a "
                              "confidence_calibration with finite scale and bias.")
+        if expert.get("route", "style") not in ("style", "gase"):
+            raise ModelError(f"{where}: source_expert.route must be \"style\" or \"gase\" "
+                             f"(got {expert.get('route')!r}).")
     return ModelCard(
         name=data["name"], title=data["title"], version=data["version"], anatomy=data["anatomy"],
         plane=data["plane"], input_spacing_mm=float(data["input_spacing_mm"]), labels=labels,
@@ -377,11 +380,17 @@ def install_model(source: str | os.PathLike, models_dir: Path | None = None, *, 
     return load_card(dest)
 
 
-def attach_source_expert(folder: str | os.PathLike, expert_folder: str | os.PathLike) -> ModelCard:
+def attach_source_expert(folder: str | os.PathLike, expert_folder: str | os.PathLike,
+                         route: str = "style") -> ModelCard:
     """Make the model in ``expert_folder`` (a segmenter trained on the source style alone: ``method`` erm, on the
     same labels, plane, spacing and intensity normalisation) the source expert of the GASE model in ``folder``:
     its weights and style manifold are copied in as :data:`EXPERT_FILES` and the card's ``source_expert``
-    records its threshold, calibration and training. Returns the updated card of ``folder``."""
+    records its threshold, calibration, training and the model's default ``route`` (see
+    :data:`gase.predictor.ROUTES`): ``"style"`` (the expert segments scans in the training style) or ``"gase"``
+    (the GASE segmenter segments every scan; the expert is kept for ``--route style`` / ``expert``). Returns the
+    updated card of ``folder``."""
+    if route not in ("style", "gase"):
+        raise ValueError(f"route must be 'style' or 'gase', not {route!r}")
     folder, expert_folder = Path(folder), Path(expert_folder)
     card, ecard = load_card(folder), load_card(expert_folder)
     if ecard.source_expert:
@@ -402,8 +411,11 @@ def attach_source_expert(folder: str | os.PathLike, expert_folder: str | os.Path
         os.replace(tmp, folder / name)
     ev = ecard.validity
     card.source_expert = {
-        "description": "the segmenter trained on the source style alone (standard augmentation); it segments a "
-                       "scan its own style manifold finds in the training style, the GASE segmenter the rest",
+        "description": "the segmenter trained on the source style alone (standard augmentation); " + (
+            "it segments a scan its own style manifold finds in the training style, the GASE segmenter the rest"
+            if route == "style" else "the GASE segmenter started from its weights and segments every scan "
+            "(the expert segments only when asked: route style or expert)"),
+        "route": route,
         "validity": {k: ev[k] for k in ("threshold", "heldout_volume_scores", "fitted_on_slices") if k in ev},
         "confidence_calibration": dict(ecard.confidence_calibration),
         "training": {k: ecard.training[k] for k in ("config", "iterations", "seconds", "device") if k in ecard.training},

@@ -69,7 +69,10 @@ STABILITY_SLICES = 16     # foreground slices, evenly spread, segmented again pe
 # for a single slice larger still (on the CPU: a 1.25x view of a slice over about 614 x 614 at the model
 # spacing), on a crop about the structures, so the check never needs more memory than the segmentation.
 STABILITY_FREE_PIXELS = 768 * 768
-ROUTES = ("auto", "expert", "gase")  # Predictor.route: which network segments, for a model with a source expert
+# Predictor.route, for a model with a source expert: which network segments. "auto": the model's own choice (its
+# card's source_expert["route"]; "style" for models that do not record one); "style": the expert segments a scan its
+# style manifold finds in the training style, the GASE segmenter the rest; "expert" / "gase": that network always.
+ROUTES = ("auto", "style", "expert", "gase")
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -467,7 +470,7 @@ class Predictor:
         self.stability_slices = STABILITY_SLICES  # 0: no stability check (see :meth:`stability`)
         # the source-style expert (see predict), loaded by from_folder when the card names one
         self.expert: Predictor | None = None
-        self.route = "auto"  # with an expert: "auto" (see predict), "expert" or "gase" (that network always)
+        self.route = "auto"  # with an expert: one of ROUTES (see predict)
 
     def batch_for(self, hw: tuple[int, int], size: tuple[int, int]) -> int:
         """Slices per batch for slices of ``hw`` pixels (``size`` at the model spacing): ``batch_size``,
@@ -604,15 +607,15 @@ class Predictor:
         arrays in the volume's shape (max softmax probability; entropy in nats), for benchmarks. They are
         not JSON: drop them before :meth:`SegmentationResult.report`.
 
-        A model with a source expert (:attr:`expert`) routes: the expert's encoders score the scan's style
+        A model with a source expert (:attr:`expert`) routes as :attr:`route` says (see :data:`ROUTES`; the
+        default ``"auto"`` follows :meth:`route_in_use`). ``"style"``: the expert's encoders score the scan's style
         first; if its style manifold finds the scan in the training style and it is no CT, the expert
         segments it, and if its size check passes too its labels, confidence and reliability are the result;
         otherwise the robust GASE segmenter segments the scan. The
         validity verdict is always the GASE segmenter's. ``extra["source_expert"]`` says which was used.
-        :attr:`route` ``"expert"`` / ``"gase"`` makes that network segment every scan."""
-        if self.route not in ROUTES:
-            raise InputError(f"Unknown route {self.route!r}; use one of {', '.join(ROUTES)}.")
-        if self.expert is None or self.route == "gase":
+        ``"expert"`` / ``"gase"`` makes that network segment every scan."""
+        route = self.route_in_use()
+        if self.expert is None or route == "gase":
             return self._predict(volume, progress, cancel, return_probabilities)[0]
         self.expert.stability_slices = self.stability_slices
         t0 = time.perf_counter()
@@ -624,14 +627,14 @@ class Predictor:
         ev, _ = self.expert._validity_pass(volume, float("nan"), cancel)
         res = stab_in = None
         start = 0.15
-        if self.route == "expert" or (ev.style_valid and ev.modality_valid):
+        if route == "expert" or (ev.style_valid and ev.modality_valid):
             res, stab_in = self.expert._predict(
                 volume, lambda f, m: progress(0.15 + 0.45 * f, f"source-style expert: {m}"), cancel,
                 return_probabilities, stability=False)
             ev, start = res.validity, 0.6  # now with the size check on what it segmented
-        use = bool(ev.valid) or self.route == "expert"
+        use = bool(ev.valid) or route == "expert"
         info = {"used": use, "style_score": round(float(ev.score), 4), "threshold": round(float(ev.threshold), 4),
-                **({"route": self.route} if self.route != "auto" else {})}
+                **({"route": route} if route == "expert" else {})}
         if not use:
             res = stab_in = None  # the expert's outputs (if any) go before this pass allocates its own,
             _trim_heap()          # and the heap pages its batches left go back to the OS (peak RSS)
@@ -650,6 +653,17 @@ class Predictor:
         res.extra["source_expert"] = info
         res.seconds = time.perf_counter() - t0
         return res
+
+    def route_in_use(self) -> str:
+        """The route :meth:`predict` takes: :attr:`route`, or for ``"auto"`` the card's choice (``"gase"`` for
+        models whose GASE segmenter was warm-started from the expert, see :func:`gase.training.loop.train`;
+        ``"style"`` for the rest). Raises :class:`InputError` for an unknown route."""
+        if self.route not in ROUTES:
+            raise InputError(f"Unknown route {self.route!r}; use one of {', '.join(ROUTES)}.")
+        if self.route != "auto":
+            return self.route
+        route = (self.card.source_expert or {}).get("route", "style")
+        return route if route in ROUTES[1:] else "style"
 
     def _checked_slices(self, volume: Volume):
         """(reorientation, canonical view of the voxels) after the checks every input gets first."""
