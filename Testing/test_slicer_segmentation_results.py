@@ -187,6 +187,9 @@ def test_outputs_restore_from_the_scene_with_the_verdict(shown):
     assert restored.verdict.valid == outputs.verdict.valid
     assert restored.verdict.score == pytest.approx(outputs.verdict.score, abs=1e-4)
     assert restored.verdict.reliability == pytest.approx(outputs.verdict.reliability)
+    assert restored.verdict.stability == pytest.approx(result.stability_overall) == outputs.stability
+    assert restored.verdict.slice_view_text() == outputs.verdict.slice_view_text()
+    assert f"stability {result.stability_overall:.2f}" in restored.verdict.slice_view_text()
     assert restored.plane == "sagittal"
     assert np.allclose(restored.validity.slice_scores, result.validity.slice_scores, atol=1e-4)
     assert restored.validity.embedding_2d.shape == result.validity.embedding_2d.shape

@@ -178,3 +178,23 @@ def test_scalar_log_is_live_and_drops_rows_after_a_resume(tmp_path):
         import tensorboard  # noqa: F401
     except ImportError:
         assert not (tmp_path / "tensorboard").exists()  # skipped silently without tensorboard
+
+
+def test_progress_bar_names_each_phase_and_its_rate_starts_fresh(cases, tmp_path, capsys):
+    """``gase train`` (GASE, warm start): the bar says "source expert" first, then "training (gase)", each
+    announced once; a phase's rate counts from its first report (not its iterations over no time)."""
+    import re
+
+    images, labels = _folders(tmp_path, cases["knee"])
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({**TINY, "iterations": 20}))
+    assert main(["train", "--images", str(images), "--labels", str(labels), "--out", str(tmp_path / "model"),
+                 "--config", str(cfg), "--device", "cpu", "--val-fraction", "0"]) == 0
+    captured = capsys.readouterr()
+    out, err = captured.out, captured.err
+    assert out.count("training the source expert") == 1
+    assert out.count("training the GASE segmenter, starting from the source expert's weights") == 1
+    assert out.index("training the source expert") < out.index("training the GASE segmenter")
+    assert "training (gase)" not in err.split("source expert:")[0]  # no GASE bar before the expert's
+    rates = [float(r) for r in re.findall(r"([\d.]+)it/s", err)]
+    assert rates and max(rates) < 1000, rates  # (it/s of 10 iterations over microseconds before the fix)

@@ -128,3 +128,34 @@ def test_torchrun_two_processes_match_one_process_quality(tmp_path):
     card = json.loads((tmp_path / "two" / "model.json").read_text())
     assert card["training"]["iterations"] == 30
     assert len((tmp_path / "two" / "training" / "scalars.csv").read_text().splitlines()) > 1  # live CSV log
+
+
+def test_torchrun_gase_with_warm_start(tmp_path):
+    """Two processes, GASE with its source expert and the warm start (the defaults): the expert trains first on
+    both ranks, rank 0 loads its weights into the GASE segmenter and hands them to rank 1 (the end-of-training
+    sync check would fail otherwise), and one model folder comes out, routing every scan to the GASE
+    segmenter. At learning rate 0 its segmenter is the expert's exactly."""
+    from safetensors.torch import load_file
+
+    from gase.phantoms import SOURCE_STYLE, write_cases
+
+    data = tmp_path / "data"
+    write_cases("knee", SOURCE_STYLE["knee"], 4, 0, data, scale=0.5)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"iterations": 4, "batch_size": 4, "crop": 64, "val_every": 4,
+                                  "checkpoint_every": 4, "lr": 0.0}))
+    args = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "gase.cli", "train",
+            "--images", str(data / "images"), "--labels", str(data / "labels"), "--out", str(tmp_path / "m"),
+            "--config", str(config), "--device", "cpu", "--val-fraction", "0.25", "--seed", "0", "--progress-json"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable] + args, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [e["event"] for e in events].count("warm start") == 1  # rank 0 only
+    assert [e["event"] for e in events].count("done") == 1
+    card = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert card["source_expert"]["route"] == "gase" and card["training"]["config"]["warm_start"] is True
+    ours = load_file(str(tmp_path / "m" / "weights.safetensors"))
+    expert = load_file(str(tmp_path / "m" / "expert.safetensors"))
+    seg = [k for k in expert if k.startswith("segmenter.")]
+    assert seg and all(torch.equal(ours[k], expert[k]) for k in seg)

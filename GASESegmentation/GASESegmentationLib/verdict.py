@@ -14,6 +14,7 @@ score 3.20 > threshold 2.00: do not trust this result
 from __future__ import annotations
 
 import html
+import math
 from dataclasses import dataclass
 
 from gase.result import FOREGROUND_LIMIT, Validity, ct_comparison, looks_like_ct, segmenter_text
@@ -32,23 +33,33 @@ class Verdict:
     foreground_limit: float = FOREGROUND_LIMIT
     ct_fraction: float | None = None  # fraction of voxels below CT_AIR_HU (None if not measured)
     segmented_by: str | None = None  # which network segmented (models with a source expert), for the banner
+    stability: float | None = None  # how much of the mask survives small contrast/size changes (None if unknown)
 
     @staticmethod
     def from_validity(validity: Validity, reliability: float | None = None,
-                      segmented_by: str | None = None) -> "Verdict":
+                      segmented_by: str | None = None, stability: float | None = None) -> "Verdict":
         return Verdict(bool(validity.valid), float(validity.score), float(validity.threshold), reliability,
-                       validity.foreground_ratio, float(validity.foreground_limit), validity.ct_fraction, segmented_by)
+                       validity.foreground_ratio, float(validity.foreground_limit), validity.ct_fraction, segmented_by,
+                       _finite_or_none(stability))
 
     @staticmethod
     def from_json(report: dict) -> "Verdict":
         """From a ``<case>_report.json`` dict (``validity`` and optional ``reliability`` entries)."""
         v = report["validity"]
         rel = (report.get("reliability") or {}).get("expected_dice")
+        stab = (report.get("reliability") or {}).get("stability")
         ratio, ct = v.get("foreground_ratio"), v.get("ct_fraction")
         return Verdict(bool(v["valid"]), float(v["score"]), float(v["threshold"]),
                        None if rel is None else float(rel), None if ratio is None else float(ratio),
                        float(v.get("foreground_limit", FOREGROUND_LIMIT)), None if ct is None else float(ct),
-                       segmenter_text(report.get("source_expert")))
+                       segmenter_text(report.get("source_expert")), _finite_or_none(stab))
+
+    @property
+    def quality(self) -> str:
+        """The model's own quality estimates in words ("expected Dice 0.87, stability 0.91"); empty if unknown."""
+        parts = ([] if self.reliability is None else [f"expected Dice {self.reliability:.2f}"]) + \
+            ([] if self.stability is None else [f"stability {self.stability:.2f}"])
+        return ", ".join(parts)
 
     @property
     def size_valid(self) -> bool:
@@ -93,8 +104,7 @@ class Verdict:
     def slice_view_text(self) -> str:
         """Two short lines for the slice views (they must fit a small view of a four-up layout)."""
         if self.valid:
-            details = self.comparison + ("" if self.reliability is None else f", expected Dice {self.reliability:.2f}")
-            return f"GASE: input valid\n{details}"
+            return f"GASE: input valid\n{', '.join(t for t in (self.comparison, self.quality) if t)}"
         why = (self.modality_comparison if not self.modality_valid else
                f"score {self.score:.2f} > threshold {self.threshold:.2f}" if self.score > self.threshold else
                f"structures {self.foreground_ratio:.1f}x training size (> {self.foreground_limit:g}x)")
@@ -117,9 +127,14 @@ class Verdict:
     def banner_html(self) -> str:
         """Rich text for the module panel's banner label."""
         # no quality estimate for an input outside the model's competence: the model's own would mislead
-        rel = "" if self.reliability is None or not self.valid else f" &nbsp;|&nbsp; expected Dice {self.reliability:.2f}"
+        rel = "" if not self.quality or not self.valid else \
+            "".join(f" &nbsp;|&nbsp; {q}" for q in self.quality.split(", "))
         return (f"<div style='background-color:{self.hex_color}; color:white; padding:6px;'>"
                 f"<b>{html.escape(self.headline)}</b> &nbsp; ({html.escape(self.comparison)}){rel}"
                 f"<br/><small>{html.escape(self.explanation())}</small>"
                 + (f"<br/><small>{html.escape(self.segmented_by[0].upper() + self.segmented_by[1:])}.</small>"
                    if self.segmented_by else "") + "</div>")
+
+
+def _finite_or_none(x) -> float | None:
+    return None if x is None or not math.isfinite(float(x)) else float(x)

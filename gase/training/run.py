@@ -103,18 +103,26 @@ def run_training_cli(args: argparse.Namespace) -> int:
         def on_event(e: dict) -> None:
             print(json.dumps(e, default=str), flush=True)
     else:
-        bar = tqdm(total=cfg.iterations, desc=f"training ({cfg.method})", unit="it", disable=not ctx.is_main)
+        expert_first = cfg.method == "gase" and cfg.source_expert and cfg.warm_start
+        bar = tqdm(total=cfg.iterations, desc="source expert" if expert_first else f"training ({cfg.method})",
+                   unit="it", disable=not ctx.is_main)
+        phase = {"now": None}
 
         def on_event(e: dict) -> None:
             if e["event"] == "progress":
                 label = {"source expert": "source expert", "gase": "training (gase)"}.get(e.get("phase"))
-                if label is not None and bar.desc != label:  # a new phase: its own rate and ETA
-                    if e.get("phase") == "source expert":
+                if label is not None and e["phase"] != phase["now"]:  # a new phase: its own rate and ETA
+                    if e["phase"] == "source expert":
                         bar.write("training the source expert (the segmenter alone, on the source style)")
-                    elif bar.n:
-                        bar.write("training the GASE segmenter, starting from the source expert's weights")
+                    elif phase["now"] is not None:
+                        bar.write("training the GASE segmenter" + (", starting from the source expert's weights"
+                                                                   if cfg.warm_start else ""))
+                    phase["now"] = e["phase"]
+                    bar.initial = 0  # (reset redraws the bar: no rate from the last phase's count)
                     bar.reset(total=e.get("total", cfg.iterations))
-                    bar.set_description(label)
+                    bar.set_description(label, refresh=False)
+                    # the first report comes some iterations into the phase: the rate counts from it
+                    bar.initial = e["iteration"]
                 bar.n = e["iteration"]
                 bar.set_postfix({k: f"{v:.3f}" for k, v in list(e["losses"].items())[:3]})
                 bar.refresh()
