@@ -148,3 +148,18 @@ def test_manifold_picture_without_map_points(tmp_path):
 
     validity = Validity(False, 2.5, 2.0, np.array([1.0, np.nan, 3.0], np.float32))
     assert write_manifold_png(validity, tmp_path / "m.png").stat().st_size > 1000
+
+
+def test_an_unstable_mask_is_named_as_the_reason():
+    from GASESegmentationLib.verdict import Verdict
+
+    v = Validity(True, 1.6, 2.0, np.zeros(3), foreground_ml=500.0, training_foreground_ml=390.0).with_stability(0.44)
+    verdict = Verdict.from_validity(v, 0.5)
+    assert not verdict.valid
+    assert verdict.slice_view_text() == ("GASE: OUTSIDE the model's competence\n"
+                                         "unstable mask: stability 0.44 < 0.65: do not trust this result")
+    assert "changes a lot when the contrast or size" in verdict.explanation()
+    assert "stability 0.44 &lt; 0.65" in verdict.banner_html()
+    report = {"validity": v.to_json(), "reliability": {"expected_dice": 0.5, "stability": 0.44}}
+    back = Verdict.from_json(report)  # (the JSON rounds the size ratio)
+    assert back.slice_view_text() == verdict.slice_view_text() and back.stability == verdict.stability

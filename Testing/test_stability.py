@@ -169,3 +169,43 @@ def test_a_view_never_needs_more_memory_than_the_segmentation(tiny_model, knee_c
     again = predictor.predict(img)
     assert max(h * w for _, h, w in sizes[img.shape[0]:]) > main
     assert again.stability_per_label == pytest.approx(ref.stability_per_label, nan_ok=True)
+
+
+@pytest.mark.parametrize("route", ["gase", "style"])
+def test_an_unstable_mask_makes_the_input_invalid(tiny_model, knee_cases, one_thread, monkeypatch, route, tmp_path):
+    """A mask that moves a lot under the small views is not a segmentation of the learnt anatomy (a warm-started
+    knee model on a pelvis: stability 0.40-0.63; knees 0.78-0.93): the verdict says so, with the reason. With
+    the check off (``stability_slices = 0``) only the other checks decide."""
+    import json
+    import shutil
+
+    from gase.result import STABILITY_FLOOR
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model, folder)
+    card = json.loads((folder / "model.json").read_text())
+    card["source_expert"]["validity"]["threshold"] = 1e6  # style route: the expert takes the scan
+    card["validity"]["threshold"] = 1e6
+    card["validity"]["training_foreground_ml"] = 1e6  # only the stability can fail
+    (folder / "model.json").write_text(json.dumps(card))
+    predictor = Predictor.from_folder(folder, device="cpu")
+    predictor.route = route
+    img, _ = knee_cases[1]
+    names = [lab.name for lab in KNEE_LABELS]
+    for p in (predictor, predictor.expert):
+        monkeypatch.setattr(p, "_stability_on", lambda *a, **k: dict.fromkeys(names, 0.5))
+    res = predictor.predict(img)
+    assert res.stability_overall == pytest.approx(0.5)
+    v = res.validity
+    assert v.stability == pytest.approx(0.5) and not v.stability_valid and not v.valid
+    assert v.style_valid and v.size_valid and v.modality_valid
+    assert any(f"stability 0.50 < {STABILITY_FLOOR:g}" in r for r in v.reasons())
+    assert res.report()["validity"]["stability"] == pytest.approx(0.5)
+    for p in (predictor, predictor.expert):
+        monkeypatch.setattr(p, "_stability_on", lambda *a, **k: dict.fromkeys(names, 0.9))
+    assert predictor.predict(img).validity.valid
+    predictor.stability_slices = 0
+    for p in (predictor, predictor.expert):
+        monkeypatch.setattr(p, "_stability_on", lambda *a, **k: dict.fromkeys(names, 0.1))
+    off = predictor.predict(img).validity
+    assert off.valid and off.stability is None

@@ -647,6 +647,7 @@ class Predictor:
                 res.stability_per_label, res.stability_overall = stab, _finite_mean(stab.values())
             progress(0.8, "checking the input against the GASE style manifold")
             res.validity, res.extra["manifold"] = self._validity_pass(volume, ev.foreground_ml, cancel)
+            res.validity = res.validity.with_stability(res.stability_overall)
             res.model_name = f"{self.card.name} {self.card.version}"
             res.device = self.device.type
             progress(1.0, "done")
@@ -797,7 +798,7 @@ class Predictor:
             label_table=self.card.labels, reliability_overall=overall, reliability_per_label=per_label,
             expected_dice_overall=dice_overall, expected_dice_per_label=dice_per_label,
             stability_overall=_finite_mean(stab.values()), stability_per_label=stab,
-            validity=validity, model_name=f"{self.card.name} {self.card.version}", device=self.device.type,
+            validity=validity.with_stability(_finite_mean(stab.values())) if stab else validity, model_name=f"{self.card.name} {self.card.version}", device=self.device.type,
             seconds=time.perf_counter() - t0, extra=extra), (None if stability else stab_in)
 
     def _validity(self, features: np.ndarray, content: np.ndarray, volume: Volume,

