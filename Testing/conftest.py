@@ -216,6 +216,7 @@ def make_knee_result(ijk_to_ras=None, shape=(40, 72, 72), *, valid: bool = True,
     per_label = {lab.name: float(sums[lab.value] / counts[lab.value]) for lab in KNEE_LABELS}
     dice = dict(zip([lab.name for lab in KNEE_LABELS], (0.93, 0.71, 0.9, 0.64)))  # a model's own estimates
     stability = dict(zip([lab.name for lab in KNEE_LABELS], (0.97, 0.86, 0.95, 0.82)))
+    validity = validity.with_stability(float(np.mean(list(stability.values()))))  # as the predictor does
     result = SegmentationResult(Volume(labels, m.copy()), Volume(confidence, m.copy()), KNEE_LABELS,
                                 float(sums[1:].sum() / counts[1:].sum()), per_label, validity,
                                 model_name="synthetic 0", expected_dice_overall=float(np.mean(list(dice.values()))),

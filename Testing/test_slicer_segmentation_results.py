@@ -187,7 +187,7 @@ def test_outputs_restore_from_the_scene_with_the_verdict(shown):
     assert restored.verdict.valid == outputs.verdict.valid
     assert restored.verdict.score == pytest.approx(outputs.verdict.score, abs=1e-4)
     assert restored.verdict.reliability == pytest.approx(outputs.verdict.reliability)
-    assert restored.verdict.stability == pytest.approx(result.stability_overall) == outputs.stability
+    assert restored.verdict.stability == pytest.approx(result.stability_overall) == outputs.verdict.stability
     assert restored.verdict.slice_view_text() == outputs.verdict.slice_view_text()
     assert f"stability {result.stability_overall:.2f}" in restored.verdict.slice_view_text()
     assert restored.plane == "sagittal"

@@ -35,15 +35,15 @@ def test_the_stability_is_shown_next_to_the_expected_dice():
     number: in the slice views and the banner for a valid input, never for an invalid one."""
     from GASESegmentationLib.verdict import Verdict
 
-    valid = Verdict.from_validity(Validity(True, 1.234, 2.0, np.zeros(3)), reliability=0.871, stability=0.914)
+    valid = Verdict.from_validity(Validity(True, 1.234, 2.0, np.zeros(3)).with_stability(0.914), reliability=0.871)
     assert valid.slice_view_text() == ("GASE: input valid\n"
                                        "score 1.23 <= threshold 2.00, expected Dice 0.87, stability 0.91")
     assert "expected Dice 0.87 &nbsp;|&nbsp; stability 0.91" in valid.banner_html()
     # not checked (stability off) or NaN: nothing said
     for stab in (None, float("nan")):
-        v = Verdict.from_validity(Validity(True, 1.234, 2.0, np.zeros(3)), reliability=0.871, stability=stab)
+        v = Verdict.from_validity(Validity(True, 1.234, 2.0, np.zeros(3)).with_stability(stab), reliability=0.871)
         assert v.stability is None and "stability" not in v.slice_view_text() + v.banner_html()
-    invalid = Verdict.from_validity(Validity(False, 3.5, 2.0, np.zeros(3)), 0.8, stability=0.9)
+    invalid = Verdict.from_validity(Validity(False, 3.5, 2.0, np.zeros(3)).with_stability(0.9), 0.8)
     assert "stability" not in invalid.slice_view_text() + invalid.banner_html()
     report = {"validity": {"valid": True, "score": 1.2, "threshold": 2.0},
               "reliability": {"expected_dice": 0.8, "stability": 0.7}}

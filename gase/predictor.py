@@ -798,7 +798,8 @@ class Predictor:
             label_table=self.card.labels, reliability_overall=overall, reliability_per_label=per_label,
             expected_dice_overall=dice_overall, expected_dice_per_label=dice_per_label,
             stability_overall=_finite_mean(stab.values()), stability_per_label=stab,
-            validity=validity.with_stability(_finite_mean(stab.values())) if stab else validity, model_name=f"{self.card.name} {self.card.version}", device=self.device.type,
+            validity=validity.with_stability(_finite_mean(stab.values())),  # (no stability: NaN, not checked)
+            model_name=f"{self.card.name} {self.card.version}", device=self.device.type,
             seconds=time.perf_counter() - t0, extra=extra), (None if stability else stab_in)
 
     def _validity(self, features: np.ndarray, content: np.ndarray, volume: Volume,

@@ -43,7 +43,6 @@ PLANE_ATTRIBUTE = "GASE.Plane"
 MODEL_ATTRIBUTE = "GASE.Model"
 RELIABILITY_ATTRIBUTE = "GASE.Reliability"
 SEGMENTED_BY_ATTRIBUTE = "GASE.SegmentedBy"  # which network segmented (models with a source expert), else ""
-STABILITY_ATTRIBUTE = "GASE.Stability"  # the model's stability, mean over structures ("" if unknown)
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_OPACITY = 0.5
 
@@ -62,11 +61,10 @@ class SegmentationOutputs:
     reliability: float | None = None  # the model's expected Dice, mean over structures
     model_name: str = ""
     segmented_by: str = ""  # SegmentationResult.segmenter_text() (models with a source expert), else ""
-    stability: float | None = None  # the model's stability, mean over structures (None if not checked)
 
     @property
     def verdict(self) -> Verdict:
-        return Verdict.from_validity(self.validity, self.reliability, self.segmented_by or None, self.stability)
+        return Verdict.from_validity(self.validity, self.reliability, self.segmented_by or None)
 
 
 @dataclass
@@ -190,8 +188,6 @@ class GASESegmentationLogic:
         conf.SetAttribute(MODEL_ATTRIBUTE, result.model_name)
         conf.SetAttribute(RELIABILITY_ATTRIBUTE, "" if reliability is None else repr(reliability))
         conf.SetAttribute(SEGMENTED_BY_ATTRIBUTE, result.segmenter_text() or "")
-        stability = None if not np.isfinite(result.stability_overall) else float(result.stability_overall)
-        conf.SetAttribute(STABILITY_ATTRIBUTE, "" if stability is None else repr(stability))
         rows = tables.reliability_rows(result.labels, result.confidence, result.label_table, threshold,
                                        result.reliability_per_label,
                                        {**result.expected_dice_per_label, tables.ALL_STRUCTURES: reliability},
@@ -204,7 +200,7 @@ class GASESegmentationLogic:
         if show:
             views.show_in_slice_views(input_volume.GetScene(), input_volume, conf, opacity)
         return SegmentationOutputs(input_volume, nodes.segmentation, conf, table, plot, result.validity, plane,
-                                   reliability, result.model_name, result.segmenter_text() or "", stability)
+                                   reliability, result.model_name, result.segmenter_text() or "")
 
     def outputs_for(self, input_volume) -> SegmentationOutputs | None:
         """The outputs an earlier run left in the scene for ``input_volume`` (None if there are none)."""
@@ -217,12 +213,11 @@ class GASESegmentationLogic:
         plot = tables.SlicePlot(results.find_output(scene, tables.ROLE_SLICE_TABLE, input_volume, "vtkMRMLTableNode"),
                                 results.find_output(scene, tables.ROLE_SLICE_CHART, input_volume,
                                                     "vtkMRMLPlotChartNode"))
-        rel, stab = conf.GetAttribute(RELIABILITY_ATTRIBUTE), conf.GetAttribute(STABILITY_ATTRIBUTE)
+        rel = conf.GetAttribute(RELIABILITY_ATTRIBUTE)
         return SegmentationOutputs(input_volume, nodes.segmentation, conf, table, plot,
                                    _validity_from_json(json.loads(conf.GetAttribute(VALIDITY_ATTRIBUTE))),
                                    conf.GetAttribute(PLANE_ATTRIBUTE) or "axial", float(rel) if rel else None,
-                                   conf.GetAttribute(MODEL_ATTRIBUTE) or "", conf.GetAttribute(SEGMENTED_BY_ATTRIBUTE) or "",
-                                   float(stab) if stab else None)
+                                   conf.GetAttribute(MODEL_ATTRIBUTE) or "", conf.GetAttribute(SEGMENTED_BY_ATTRIBUTE) or "")
 
     # -- review ----------------------------------------------------------------------------------
     def current_volumes(self, outputs: SegmentationOutputs) -> tuple[Volume, Volume, tuple]:

@@ -34,15 +34,15 @@ class Verdict:
     foreground_limit: float = FOREGROUND_LIMIT
     ct_fraction: float | None = None  # fraction of voxels below CT_AIR_HU (None if not measured)
     segmented_by: str | None = None  # which network segmented (models with a source expert), for the banner
-    stability: float | None = None  # how much of the mask survives small contrast/size changes (None if unknown)
+    stability: float | None = None  # Validity.stability: how much of the mask survives small contrast/size changes
     stability_floor: float = STABILITY_FLOOR  # below it the input is invalid (gase.result.Validity)
 
     @staticmethod
     def from_validity(validity: Validity, reliability: float | None = None,
-                      segmented_by: str | None = None, stability: float | None = None) -> "Verdict":
+                      segmented_by: str | None = None) -> "Verdict":
         return Verdict(bool(validity.valid), float(validity.score), float(validity.threshold), reliability,
                        validity.foreground_ratio, float(validity.foreground_limit), validity.ct_fraction, segmented_by,
-                       _finite_or_none(stability if stability is not None else validity.stability),
+                       _finite_or_none(validity.stability),
                        float(validity.stability_floor))
 
     @staticmethod
@@ -50,7 +50,7 @@ class Verdict:
         """From a ``<case>_report.json`` dict (``validity`` and optional ``reliability`` entries)."""
         v = report["validity"]
         rel = (report.get("reliability") or {}).get("expected_dice")
-        stab = (report.get("reliability") or {}).get("stability")
+        stab = v.get("stability", (report.get("reliability") or {}).get("stability"))  # (older reports)
         ratio, ct = v.get("foreground_ratio"), v.get("ct_fraction")
         return Verdict(bool(v["valid"]), float(v["score"]), float(v["threshold"]),
                        None if rel is None else float(rel), None if ratio is None else float(ratio),
