@@ -149,6 +149,9 @@ def test_reuse_models_reevaluates_without_training(quick_run, tmp_path):
     card_path = models / "knee-gase" / "model.json"
     card = json.loads(card_path.read_text())
     written = card["validity"].pop("training_foreground_ml")
+    # ... and one from before the augmented manifold fit gets it (and its threshold) again
+    card["validity"].pop("augmented_copies")
+    threshold, card["validity"]["threshold"] = card["validity"]["threshold"], 99.0
     # ... and a GASE model from before source experts gets the run's ERM model attached, as training does now
     card.pop("source_expert")
     for name in ("expert.safetensors", "expert_validity.safetensors"):
@@ -160,7 +163,11 @@ def test_reuse_models_reevaluates_without_training(quick_run, tmp_path):
             "--models-dir", str(models), "--reuse-models"]
     main(args)
     assert json.loads(card_path.read_text())["validity"]["training_foreground_ml"] == written
+    assert json.loads(card_path.read_text())["validity"]["augmented_copies"] == 4
+    refit = json.loads(card_path.read_text())["validity"]["threshold"]
+    assert refit == pytest.approx(threshold, abs=1e-3)  # the training's own fit
     assert json.loads(card_path.read_text())["source_expert"]["training"]["config"]["method"] == "erm"
+    assert json.loads(card_path.read_text())["source_expert"]["validity"]["augmented_copies"] == 0  # a router
     res2 = json.loads((again / "results.json").read_text())
     assert not any(k.startswith("train ") for k in res2["meta"]["wall_s"])
     assert res2["meta"]["training"]["knee/gase"]["seconds"] == res["meta"]["training"]["knee/gase"]["seconds"]

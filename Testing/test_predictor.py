@@ -139,6 +139,35 @@ def test_structures_far_larger_than_in_training_make_the_input_invalid(predictor
         predictor.card.validity["training_foreground_ml"] = card_fg
 
 
+def test_an_inverted_image_is_outside_the_competence_of_an_mr_model(predictor):
+    """A negative image (bright air in the corners) is flagged whatever its style score, with its reason."""
+    from gase.phantoms import make_case, make_ood
+    from gase.result import background_level
+
+    inv = make_ood("inverted", "knee", 3, scale=0.5)
+    v = predictor.predict(inv).validity
+    assert v.background_level > 0.95 and not v.polarity_valid and not v.valid
+    assert any(r.startswith("it looks inverted (a negative image)") for r in v.reasons())
+    assert v.to_json()["background_level"] == pytest.approx(v.background_level, abs=1e-4)
+    # MR of every phantom style has dark corners; a CT is left to its own check; a single slice works
+    for style in ("pd_fse", "t1_se", "pd_fs", "flash_we", "stir", "pd_fse_1t_lowsnr"):
+        img = make_case("knee", style, 7, scale=0.5)[0]
+        assert background_level(img.array) < 0.2, style
+    assert predictor.predict(make_case("knee", "pd_fse", 7, scale=0.5)[0]).validity.polarity_valid
+    assert background_level(make_ood("ct", "knee", 3, scale=0.5).array) < 0
+    assert background_level(inv.array[:1]) > 0.95
+    assert background_level(np.zeros((4, 4, 4), np.float32)) is None  # nothing to compare with
+    # subsampled on a big volume, the same verdict
+    big = np.full((60, 60, 60), 100.0, np.float32)
+    for k in (slice(0, 6), slice(54, 60)):
+        for j in (slice(0, 6), slice(54, 60)):
+            for i in (slice(0, 6), slice(54, 60)):
+                big[k, j, i] = 5.0  # dark air in every corner
+    big[54:, 54:, 54:] = 100.0  # ... but one: the darkest corner decides
+    assert background_level(big) == pytest.approx(0.05)
+    assert background_level(big, max_voxels=1000) == pytest.approx(0.05)
+
+
 def test_a_ct_is_outside_the_competence_of_an_mr_model(predictor):
     """Hounsfield units (air -1000, fat -100) are not an MR image, however familiar the style looks."""
     from gase.phantoms import make_ood

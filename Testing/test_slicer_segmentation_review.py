@@ -265,5 +265,8 @@ def test_a_size_verdict_survives_the_report_and_the_scene(shown):
     ct = dataclasses.replace(case.result, validity=dataclasses.replace(case.result.validity, valid=False,
                                                                        ct_fraction=0.4))
     assert validity_from_report(ct.report()).ct_fraction == pytest.approx(0.4)
+    inv = dataclasses.replace(case.result, validity=dataclasses.replace(case.result.validity, valid=False,
+                                                                        background_level=0.97))
+    assert validity_from_report(inv.report()).background_level == pytest.approx(0.97)
     logic.show_result(input_node, ct, plane="sagittal", threshold=0.5)
     assert "CT intensities: 40% of voxels" in logic.outputs_for(input_node).verdict.slice_view_text()

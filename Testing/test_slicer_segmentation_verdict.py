@@ -90,6 +90,21 @@ def test_a_ct_is_named_as_such_in_every_text():
     assert Validity(True, 1.0, 2.0, np.zeros(3), ct_fraction=0.0).reasons() == []
 
 
+def test_an_inverted_image_is_named_as_such_in_every_text():
+    from GASESegmentationLib.verdict import Verdict
+
+    validity = Validity(False, 1.3, 2.0, np.zeros(3), background_level=0.98)
+    assert validity.style_valid and validity.modality_valid and not validity.polarity_valid
+    verdict = Verdict.from_validity(validity)
+    assert verdict.slice_view_text() == ("GASE: OUTSIDE the model's competence\n"
+                                         "bright background: darkest corner 0.98 x the 75th percentile: "
+                                         "do not trust this result")
+    assert "inverted" in verdict.explanation() and "MONOCHROME1" in verdict.explanation()
+    assert Verdict.from_json({"validity": validity.to_json()}) == verdict
+    assert Verdict.from_json({"validity": {"valid": True, "score": 1.0, "threshold": 2.0}}).polarity_valid
+    assert Validity(True, 1.0, 2.0, np.zeros(3), background_level=0.05).reasons() == []
+
+
 def _png(path):
     import vtk
     from vtk.util import numpy_support

@@ -46,7 +46,11 @@ def test_gase_training_attaches_the_erm_run_as_its_source_expert(tiny_model, kne
     erm = train(pairs[:3], pairs[3:4], KNEE_LABELS, tmp_path / "erm", cfg, anatomy="knee", plane="sagittal")
     a, b = load_file(str(tiny_model / EXPERT_FILES["weights"])), load_file(str(erm.model_folder / "weights.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert card.source_expert["validity"]["threshold"] == load_card(erm.model_folder).validity["threshold"]
+    # its manifold in the GASE folder is a strict router: the training slices alone, 1.1 x (the ERM model's own
+    # verdict manifold has augmented copies, 1.25 x)
+    erm_validity = load_card(erm.model_folder).validity
+    assert erm_validity["augmented_copies"] == 4 and card.source_expert["validity"]["augmented_copies"] == 0
+    assert card.source_expert["validity"]["fitted_on_slices"] * 5 == erm_validity["fitted_on_slices"]
     # ... and a GASE run given that folder attaches the same files instead of training it again
     gase_cfg = TrainConfig(method="gase", iterations=12, batch_size=4, crop=64, val_every=12, checkpoint_every=6,
                            device="cpu", seed=0)

@@ -23,20 +23,113 @@ def test_volume_scores_are_medians_of_finite_slices():
 
 
 def test_threshold_is_upper_quartile_with_margin():
-    held = [1.375, 1.407, 1.665, 1.693, 2.011]  # the knee benchmark model's held-out volume scores
+    held = [1.2768, 1.0633, 1.2063, 1.0953, 1.0364]  # held-out scores, the data-seed-1 pelvis GASE model
     thr = calibrate_threshold(_slices(held))
-    assert thr == pytest.approx(1.1 * 1.693)
-    assert thr > max([1.21, 1.51, 1.59, 1.26, 1.3, 1.29])  # its source-style test volumes stay valid
-    assert thr < 1.91  # the lowest OOD volume (CT-like rendering) stays flagged
+    assert thr == pytest.approx(1.25 * 1.2063)
+    # 12 new source-style pelves (two subject streams) stay valid; the lowest OOD pelvis (CT-like) is flagged
+    assert max([0.94, 1.12, 1.17, 1.18, 1.28, 1.32, 1.06, 1.07, 1.33, 1.42, 1.43, 1.49]) < thr < 1.94
+    # the margin before 2026-12-05 (1.1) called 4 of them invalid
+    assert calibrate_threshold(_slices(held), margin=1.1) < 1.33
 
 
 def test_one_outlying_subject_does_not_open_the_gate():
     held = [2.307, 2.762, 3.551, 3.724, 12.392]  # pelvis: one training subject unlike the others
     thr = calibrate_threshold(_slices(held))
-    assert 3.66 < thr < 7.85  # above every source-style test volume, below every OOD volume
+    assert thr == pytest.approx(1.25 * 3.724)  # the outlier does not set it
     assert calibrate_threshold(_slices(held), quantile=1.0, margin=1.0) == pytest.approx(12.392)
 
 
 def test_no_heldout_scores_is_an_error():
     with pytest.raises(ValueError, match="no held-out"):
         calibrate_threshold([np.array([np.nan])])
+
+
+# ---- fitting the manifold with augmented copies (gase.training.validity_fit) ----
+
+def _stats_features(images):
+    """Toy validity features of canonical slices (S, H, W): an intensity histogram and a texture measure."""
+    import torch
+
+    x = images.float().clamp(0, 1)
+    hist = torch.stack([torch.histc(s, bins=24, min=0.0, max=1.0) for s in x]) / x[0].numel()
+    grad = (x[:, 1:] - x[:, :-1]).abs().mean(dim=(1, 2))[:, None]
+    return torch.cat([hist, x.mean(dim=(1, 2))[:, None], x.std(dim=(1, 2))[:, None], grad], 1).numpy()
+
+
+def _subject(seed, n=16, size=48):
+    """A toy volume: a bright ball (subject-specific size and contrast) on a dark background, one slice per
+    section through it."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    radius = 14 + 6 * float(torch.rand(1, generator=g))
+    level = 0.45 + 0.35 * float(torch.rand(1, generator=g))
+    rows = []
+    for k in range(n):
+        r2 = max(radius ** 2 - (2.0 * (k - n / 2)) ** 2, 4.0)
+        disc = (((yy - size / 2) ** 2 + (xx - size / 2) ** 2) < r2).float()
+        rows.append(0.1 + level * disc + 0.03 * torch.randn(size, size, generator=g))
+    return torch.stack(rows)
+
+
+def test_fit_counts_the_augmented_copies_and_is_deterministic():
+    from gase.training.validity_fit import fit_validity
+
+    train, val = [_subject(s) for s in range(4)], [_subject(10)]
+    fit = fit_validity(_stats_features, train, val, copies=3)
+    assert fit.fitted_on_slices == 4 * 16 * (1 + 3) and fit.copies == 3
+    assert len(fit.heldout_scores) == 5  # each training volume (left out) and the validation volume
+    fields = fit.card_fields()
+    assert fields["augmented_copies"] == 3 and fields["threshold"] == round(fit.threshold, 4) > 0
+    assert "1.25 x upper quartile" in fields["calibration"]
+    again = fit_validity(_stats_features, train, val, copies=3)
+    assert again.threshold == fit.threshold
+    plain = fit_validity(_stats_features, train, val, copies=0)
+    assert plain.fitted_on_slices == 4 * 16
+    with pytest.raises(ValueError, match="copies"):
+        fit_validity(_stats_features, train, val, copies=-1)
+
+
+def test_refit_rewrites_the_manifolds_of_a_trained_model_and_its_expert(tiny_model, knee_cases, tmp_path):
+    """A model exported before the augmented fit gets it from its training pairs: both manifolds (the GASE
+    segmenter's and the source expert's) and the card's thresholds; the weights and the rest of the card stay."""
+    import json
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from gase.model_card import load_card
+    from gase.predictor import Predictor
+    from gase.training.validity_fit import refit_validity
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder)
+    card = json.loads((folder / "model.json").read_text())
+    # what training writes now: the segmenter's manifold with augmented copies, the expert's a strict router
+    assert card["validity"]["augmented_copies"] == 4 and card["source_expert"]["validity"]["augmented_copies"] == 0
+    assert card["source_expert"]["validity"]["calibration"].startswith("1.1 x")
+    expert_threshold = card["source_expert"]["validity"]["threshold"]
+    for v in (card["validity"], card["source_expert"]["validity"]):
+        v.pop("augmented_copies")
+        v["threshold"] = 99.0  # as an older model had it
+    (folder / "model.json").write_text(json.dumps(card))
+    pairs = [(img, lab.array.astype("uint8"), f"case{n}") for n, (img, lab) in enumerate(knee_cases)]
+    fits = refit_validity(folder, pairs[:3], pairs[3:4])
+    new = load_card(folder)
+    assert new.validity["augmented_copies"] == 4
+    assert new.validity["threshold"] == round(fits["validity.safetensors"].threshold, 4) != 99.0
+    assert new.source_expert["validity"]["augmented_copies"] == 0
+    assert new.source_expert["validity"]["threshold"] == pytest.approx(expert_threshold, abs=1e-3)
+    assert new.files["weights.safetensors"] == card["files"]["weights.safetensors"]
+    assert new.files["expert.safetensors"] == card["files"]["expert.safetensors"]
+    assert new.labels == load_card(tiny_model).labels and new.metrics == load_card(tiny_model).metrics
+    # the same data and settings as the training's own fit: the same manifolds and thresholds (to float
+    # rounding: the thread count of the process changes the last bits)
+    assert new.validity["threshold"] == pytest.approx(load_card(tiny_model).validity["threshold"], abs=1e-3)
+    for name in ("validity.safetensors", "expert_validity.safetensors"):
+        a, b = load_file(str(tiny_model / name)), load_file(str(folder / name))
+        assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-4) for k in a)
+    res = Predictor.from_folder(folder, device="cpu").predict(pairs[4][0])  # checksums hold, verdict uses it
+    assert res.validity.threshold == pytest.approx(new.validity["threshold"])

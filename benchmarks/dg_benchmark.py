@@ -191,11 +191,12 @@ def run(cfg: BenchConfig) -> dict:
                 expert_from = erm_folder if m == "gase" and "erm" in cfg.methods else None
                 if cfg.reuse_models and m not in cfg.retrain:
                     trained[f"{a}/{m}"] = reused[f"{a}/{m}"]
-                    upgrade_reused_card(folder, training_pairs(d.train) + training_pairs(d.val))
+                    upgrade_reused_card(folder, training_pairs(d.train), training_pairs(d.val))
                     if m == "gase":
                         if (erm_folder / "model.json").is_file():  # the expert it may be given: same settings?
                             reused_training(erm_folder, train_cfg("erm", cfg.iterations or FULL_DEFAULT_ITERATIONS))
-                        trained[f"{a}/{m}"] = with_source_expert(folder, erm_folder, trained[f"{a}/{m}"])
+                        trained[f"{a}/{m}"] = with_source_expert(folder, erm_folder, trained[f"{a}/{m}"],
+                                                                 training_pairs(d.train), training_pairs(d.val))
                 else:
                     with stage(cfg, f"train {a}/{m}"):
                         tr = train(training_pairs(d.train), training_pairs(d.val), table, folder,
@@ -204,7 +205,8 @@ def run(cfg: BenchConfig) -> dict:
                     trained[f"{a}/{m}"] = {"iterations": tr.iterations, "seconds": round(tr.seconds, 1),
                                            "val_dice": tr.val_dice}
                     if expert_from is not None:
-                        trained[f"{a}/{m}"] = with_source_expert(folder, erm_folder, trained[f"{a}/{m}"])
+                        trained[f"{a}/{m}"] = with_source_expert(folder, erm_folder, trained[f"{a}/{m}"],
+                                                                 training_pairs(d.train), training_pairs(d.val))
                 with stage(cfg, f"evaluate {a}/{m}"):
                     ev = evaluate_model(Predictor.from_folder(folder, device=device), d, m, tuple(panel_styles), pool)
                     summary = summarize_model(ev.records, ev.voxels, entry["label_names"], d.source_style,
@@ -301,33 +303,46 @@ def reused_training(folder: Path, want: TrainConfig) -> dict:
             "val_dice": (card.get("metrics") or {}).get("validation_dice", {}), "reused_from": str(folder)}
 
 
-def upgrade_reused_card(folder: Path, pairs) -> None:
-    """Give an earlier run's model the card fields training writes now, from this run's own training pairs
-    (the same data, checked by :func:`reused_training`): ``validity.training_foreground_ml`` (2026-11-28)."""
+def upgrade_reused_card(folder: Path, train_pairs, val_pairs) -> None:
+    """Give an earlier run's model what training writes now, from this run's own training pairs (the same data,
+    checked by :func:`reused_training`): ``validity.training_foreground_ml`` (2026-11-28); the style manifold
+    fitted with augmented copies of the training slices and its threshold (2026-12-05,
+    :func:`gase.training.validity_fit.refit_validity`; a source expert in the folder too)."""
     from gase.model_card import load_card, write_card
+    from gase.training.validity_fit import refit_validity
     from gase.validity import largest_foreground_ml
 
     card = load_card(folder)
     if "training_foreground_ml" not in card.validity:
-        card.validity["training_foreground_ml"] = round(largest_foreground_ml(pairs), 2)
+        card.validity["training_foreground_ml"] = round(largest_foreground_ml([*train_pairs, *val_pairs]), 2)
         write_card(card, folder)
         print(f"  {folder.name}: card given validity.training_foreground_ml = "
               f"{card.validity['training_foreground_ml']} (from the training labels)", flush=True)
+    if "augmented_copies" not in card.validity:
+        before = card.validity["threshold"]
+        fit = refit_validity(folder, train_pairs, val_pairs)["validity.safetensors"]
+        print(f"  {folder.name}: style manifold fitted again with {fit.copies} augmented copies of the training "
+              f"slices; threshold {before} -> {fit.threshold:.4f}"
+              + (" (and its source expert's, as a router)" if card.source_expert else ""), flush=True)
 
 
-def with_source_expert(folder: Path, erm_folder: Path, record: dict) -> dict:
+def with_source_expert(folder: Path, erm_folder: Path, record: dict, train_pairs, val_pairs) -> dict:
     """The training record of the GASE model in ``folder`` with its source expert counted in. A model from
     before source experts (``--reuse-models``) first gets the ERM model of the same run (same data and
-    settings: :func:`reused_training` checked both) attached, which is what its training now does."""
+    settings: :func:`reused_training` checked both) attached, with its manifold fitted again as a router
+    from the run's training pairs, which is what its training now does."""
     from gase.errors import InputError
     from gase.model_card import attach_source_expert, load_card
+    from gase.training.validity_fit import refit_validity
 
     card = load_card(folder)
     if not card.source_expert:
         if not (erm_folder / "model.json").is_file():
             raise InputError(f"{folder} has no source expert and there is no ERM model at {erm_folder} to attach; "
                              "run with --methods erm gase (the ERM run is the expert), or without --reuse-models.")
-        card = attach_source_expert(folder, erm_folder)
+        attach_source_expert(folder, erm_folder)
+        refit_validity(folder, train_pairs, val_pairs, segmenter=False)
+        card = load_card(folder)
         print(f"  {folder.name}: {erm_folder.name} attached as the source expert", flush=True)
     expert_seconds = float(card.source_expert.get("training", {}).get("seconds", 0.0))
     return {**record, "seconds": round(float(record["seconds"]) + expert_seconds, 1),

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import OutputError
-from .result import ct_comparison
+from .result import ct_comparison, inverted_comparison
 from .validity_map import draw_distance_map
 
 DEMO_UNSEEN_STYLE = "t1_se"
@@ -92,6 +92,8 @@ def render_overview(rows: list[dict], path: Path, title: str) -> Path:
             f"\nstructures {val.foreground_ratio:.1f}x the training size (> {val.foreground_limit:g}x)"
         if not val.modality_valid:
             size += "\n" + ct_comparison(val.ct_fraction)
+        if not val.polarity_valid:
+            size += "\n" + inverted_comparison(val.background_level)
         ax.set_title(("VALID" if ok else "OUTSIDE THE MODEL'S COMPETENCE") +
                      f"\nscore {val.score:.2f} {'<=' if val.style_valid else '>'} threshold {val.threshold:.2f}" + size,
                      fontsize=9, color="darkgreen" if ok else "red", fontweight="bold")

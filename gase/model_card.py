@@ -416,7 +416,8 @@ def attach_source_expert(folder: str | os.PathLike, expert_folder: str | os.Path
             if route == "style" else "the GASE segmenter started from its weights and segments every scan "
             "(the expert segments only when asked: route style or expert)"),
         "route": route,
-        "validity": {k: ev[k] for k in ("threshold", "heldout_volume_scores", "fitted_on_slices") if k in ev},
+        "validity": {k: ev[k] for k in ("threshold", "heldout_volume_scores", "fitted_on_slices", "augmented_copies")
+                     if k in ev},
         "confidence_calibration": dict(ecard.confidence_calibration),
         "training": {k: ecard.training[k] for k in ("config", "iterations", "seconds", "device") if k in ecard.training},
         "metrics": dict(ecard.metrics),

@@ -39,7 +39,7 @@ from .nets.blocks import channel_stats
 from .orientation import reorientation_for
 from .postprocess import keep_largest_component
 from .preprocess import Normalization, pad_to_multiple, resample_slices, working_size
-from .result import CT_AIR_HU, SegmentationResult, Validity, fraction_below
+from .result import CT_AIR_HU, SegmentationResult, Validity, background_level, fraction_below
 from .validity import StyleManifold, volume_score
 from .volume import Volume
 
@@ -627,7 +627,7 @@ class Predictor:
         ev, _ = self.expert._validity_pass(volume, float("nan"), cancel)
         res = stab_in = None
         start = 0.15
-        if route == "expert" or (ev.style_valid and ev.modality_valid):
+        if route == "expert" or (ev.style_valid and ev.modality_valid and ev.polarity_valid):
             res, stab_in = self.expert._predict(
                 volume, lambda f, m: progress(0.15 + 0.45 * f, f"source-style expert: {m}"), cancel,
                 return_probabilities, stability=False)
@@ -815,8 +815,10 @@ class Predictor:
                             slice_scores=slice_scores, embedding_2d=emb2d, reference_2d=self.manifold.reference_2d,
                             distances_2d=distances, reference_distances=self.manifold.reference_distances,
                             foreground_ml=foreground_ml, ct_fraction=fraction_below(volume.array, CT_AIR_HU),
+                            background_level=background_level(volume.array),
                             training_foreground_ml=None if trained_fg is None else float(trained_fg))
-        validity.valid = validity.style_valid and validity.size_valid and validity.modality_valid
+        validity.valid = (validity.style_valid and validity.size_valid and validity.modality_valid
+                          and validity.polarity_valid)
         extra = {"embedding_2d": np.round(emb2d, 3).tolist(),
                  "reference_2d": np.round(self.manifold.reference_2d, 3).tolist(),
                  "distances_2d": np.round(distances, 3).tolist()}

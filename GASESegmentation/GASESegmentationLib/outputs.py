@@ -44,10 +44,11 @@ def validity_from_report(report: dict) -> Validity:
 
 
 def check_fields(v: dict) -> dict:
-    """The structure-size, CT and stability parts of a validity JSON dict as :class:`Validity` keyword arguments."""
+    """The structure-size, CT, inverted-image and stability parts of a validity JSON dict as :class:`Validity`
+    keyword arguments."""
     out = {}
-    for key in ("foreground_ml", "training_foreground_ml", "foreground_limit", "ct_fraction", "stability",
-                "stability_floor"):
+    for key in ("foreground_ml", "training_foreground_ml", "foreground_limit", "ct_fraction", "background_level",
+                "stability", "stability_floor"):
         if v.get(key) is not None:
             out[key] = float(v[key])
     return out

@@ -17,8 +17,8 @@ import html
 import math
 from dataclasses import dataclass
 
-from gase.result import (FOREGROUND_LIMIT, STABILITY_FLOOR, Validity, ct_comparison, looks_like_ct,
-                         segmenter_text)
+from gase.result import (FOREGROUND_LIMIT, STABILITY_FLOOR, Validity, ct_comparison, inverted_comparison,
+                         looks_inverted, looks_like_ct, segmenter_text)
 from gase.validity_map import INVALID_RGB, VALID_RGB
 
 
@@ -36,6 +36,7 @@ class Verdict:
     segmented_by: str | None = None  # which network segmented (models with a source expert), for the banner
     stability: float | None = None  # Validity.stability: how much of the mask survives small contrast/size changes
     stability_floor: float = STABILITY_FLOOR  # below it the input is invalid (gase.result.Validity)
+    background_level: float | None = None  # gase.result.background_level: bright corners = an inverted image
 
     @staticmethod
     def from_validity(validity: Validity, reliability: float | None = None,
@@ -43,7 +44,7 @@ class Verdict:
         return Verdict(bool(validity.valid), float(validity.score), float(validity.threshold), reliability,
                        validity.foreground_ratio, float(validity.foreground_limit), validity.ct_fraction, segmented_by,
                        _finite_or_none(validity.stability),
-                       float(validity.stability_floor))
+                       float(validity.stability_floor), _finite_or_none(validity.background_level))
 
     @staticmethod
     def from_json(report: dict) -> "Verdict":
@@ -56,7 +57,7 @@ class Verdict:
                        None if rel is None else float(rel), None if ratio is None else float(ratio),
                        float(v.get("foreground_limit", FOREGROUND_LIMIT)), None if ct is None else float(ct),
                        segmenter_text(report.get("source_expert")), _finite_or_none(stab),
-                       float(v.get("stability_floor", STABILITY_FLOOR)))
+                       float(v.get("stability_floor", STABILITY_FLOOR)), _finite_or_none(v.get("background_level")))
 
     @property
     def stability_valid(self) -> bool:
@@ -76,6 +77,10 @@ class Verdict:
     @property
     def modality_valid(self) -> bool:
         return not looks_like_ct(self.ct_fraction)
+
+    @property
+    def polarity_valid(self) -> bool:
+        return not looks_inverted(self.background_level)
 
     @property
     def headline(self) -> str:
@@ -98,14 +103,19 @@ class Verdict:
         return "" if self.modality_valid else ct_comparison(self.ct_fraction)
 
     @property
+    def polarity_comparison(self) -> str:
+        """Empty unless the image looks inverted (bright corners where MR has dark air)."""
+        return "" if self.polarity_valid else inverted_comparison(self.background_level)
+
+    @property
     def stability_comparison(self) -> str:
         """Empty unless the mask is unstable (see :data:`gase.result.STABILITY_FLOOR`)."""
         return "" if self.stability_valid else f"stability {self.stability:.2f} < {self.stability_floor:g}"
 
     @property
     def comparison(self) -> str:
-        return ", ".join(t for t in (self.modality_comparison, self.style_comparison, self.size_comparison,
-                                     self.stability_comparison) if t)
+        return ", ".join(t for t in (self.modality_comparison, self.polarity_comparison, self.style_comparison,
+                                     self.size_comparison, self.stability_comparison) if t)
 
     @property
     def rgb(self) -> tuple[float, float, float]:
@@ -120,6 +130,7 @@ class Verdict:
         if self.valid:
             return f"GASE: input valid\n{', '.join(t for t in (self.comparison, self.quality) if t)}"
         why = (self.modality_comparison if not self.modality_valid else
+               self.polarity_comparison if not self.polarity_valid else
                f"score {self.score:.2f} > threshold {self.threshold:.2f}" if self.score > self.threshold else
                f"structures {self.foreground_ratio:.1f}x training size (> {self.foreground_limit:g}x)"
                if not self.size_valid else f"unstable mask: stability {self.stability:.2f} < {self.stability_floor:g}")
@@ -132,6 +143,11 @@ class Verdict:
         if not self.modality_valid:
             return ("The image looks like a CT (Hounsfield units: air and fat below zero), not an MR image: the "
                     "model segments MR images. The segmentation and the confidence map are not reliable.")
+        if not self.polarity_valid:
+            return ("The image looks inverted (a negative image): its corners, where an MR image has dark air, are "
+                    "bright. Check the export (photometric interpretation MONOCHROME1, an intensity inversion) or "
+                    "whether the field of view cuts inside the body. The segmentation and the confidence map are "
+                    "not reliable.")
         if self.score <= self.threshold and self.size_valid:  # familiar style and size; an unstable mask
             return ("The segmentation changes a lot when the contrast or size of the image changes a little: "
                     "this looks like another anatomy or an image unlike the training data. The segmentation and "

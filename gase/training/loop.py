@@ -58,7 +58,7 @@ from ..nets import MappingNetwork, SegDiscriminator, StyleEncoder, StyleGenerato
 from ..postprocess import SINGLE_OBJECT_FRACTION, single_object_labels
 from ..preprocess import Normalization, pad_to_multiple
 from ..predictor import Predictor, resolve_device
-from ..validity import StyleManifold, calibrate_threshold, heldout_volume_scores, largest_foreground_ml
+from ..validity import largest_foreground_ml
 from ..volume import Volume
 from .augment import (FeatureStyleMix, diversify_styles, gaussian_cutout, global_curve, random_curves,
                       standard_augment)
@@ -66,6 +66,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from . import distributed  # [ddp]
 from .data import MIN_TRAIN_VOLUMES, SliceSet
+from .validity_fit import fit_validity, refit_validity
 from .losses import confidence_loss, d_hinge, diversity_loss, g_hinge, make_seg_loss, view_consistency
 
 EventFn = Callable[[dict], None]
@@ -365,10 +366,13 @@ def train(train_pairs: Sequence[tuple[Volume, np.ndarray, str]], val_pairs: Sequ
         # scan (found on the seed-0 benchmark, expert-routed styles: pelvis 0.780 -> 0.846 source, 0.616 -> 0.794
         # T1 SE, knee within 0.01; checked on new subjects, data seed 1: pelvis unseen 0.737 -> 0.754, knee
         # unseen equal, knee source -0.012); without warm start the expert keeps the training style ("style")
-        card = attach_source_expert(out_dir, source_expert_from, route="gase" if cfg.warm_start else "style")
+        attach_source_expert(out_dir, source_expert_from, route="gase" if cfg.warm_start else "style")
+        # the expert's copy of its manifold becomes a strict router (see gase.training.validity_fit)
+        device = result.card.training.get("device", "cpu")
+        refit_validity(out_dir, train_pairs, val_pairs, segmenter=False, device=device)
+        card = load_card(out_dir)
         card.training["config"] = cfg.to_json()  # the settings asked for (the GASE run had source_expert off)
         write_card(card, out_dir)
-        device = result.card.training.get("device", "cpu")
         val_dice = _validation_dice(out_dir, val_pairs, table, device)
         if val_dice:
             other = {"validation_dice_without_expert": result.val_dice} if not cfg.warm_start else \
@@ -502,12 +506,6 @@ def _write_log(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
-def _content_scores(scores: np.ndarray, images: torch.Tensor) -> np.ndarray:
-    """Slice scores of the slices with content (as the predictor counts them)."""
-    content = ((images > 0.05).float().mean(dim=(1, 2)) > 0.02).numpy()
-    return scores[content] if content.any() else scores
-
-
 def _fit_conf_calibration(trainer: Trainer, sset: SliceSet, max_voxels: int = 400_000) -> dict:
     """Platt scaling (scale, bias) of the confidence logit on held-out slices."""
     logits, correct = [], []
@@ -539,26 +537,14 @@ def _export(trainer: Trainer, train_set: SliceSet, val_set: SliceSet | None, val
             cfg: TrainConfig, *, anatomy, plane, spacing, norm, name, title, emit, extra_card,
             foreground_ml: float) -> TrainResult:
     emit({"event": "export", "message": "fitting the style manifold and calibrating"})
-    # style manifold on the real training slices (+ in-range interpolated styles for GASE)
-    feats = [trainer.forward_slices(images)[2].numpy() for images in train_set.images]
-    manifold = StyleManifold.fit(np.concatenate(feats))
+    # style manifold on the training slices and augmented copies of them, threshold on held-out volumes
+    fit = fit_validity(lambda images: trainer.forward_slices(images)[2].numpy(), train_set.images,
+                       val_set.images if val_set is not None else [])
     cal = _fit_conf_calibration(trainer, val_set if val_set is not None else train_set)
-    # In-distribution volume scores the way a new scan meets the manifold: each training volume scored
-    # against a manifold fitted without it (leave one volume out), plus the held-out volumes.
-    held_scores = []
-    for i, images in enumerate(train_set.images):
-        others = [f for j, f in enumerate(feats) if j != i]
-        if others:
-            s_i, _ = StyleManifold.fit(np.concatenate(others)).score(feats[i])
-            held_scores.append(_content_scores(s_i, images))
-    for images in (val_set.images if val_set is not None else []):
-        s_v, _ = manifold.score(trainer.forward_slices(images)[2].numpy())
-        held_scores.append(_content_scores(s_v, images))
-    threshold = calibrate_threshold(held_scores)
     tensors = {**{f"segmenter.{k}": v.detach().float().cpu().contiguous() for k, v in trainer.seg.state_dict().items()},
                **{f"style_encoder.{k}": v.detach().float().cpu().contiguous() for k, v in trainer.enc.state_dict().items()}}
     save_tensors(tensors, out_dir / "weights.safetensors")
-    save_tensors({k: v.contiguous() for k, v in manifold.to_tensors().items()}, out_dir / "validity.safetensors")
+    save_tensors({k: v.contiguous() for k, v in fit.manifold.to_tensors().items()}, out_dir / "validity.safetensors")
     if cfg.method == "gase":
         gen_t = {**{f"generator.{k}": v.detach().float().cpu().contiguous() for k, v in trainer.G.state_dict().items()},
                  **{f"mapping.{k}": v.detach().float().cpu().contiguous() for k, v in trainer.M.state_dict().items()}}
@@ -571,12 +557,7 @@ def _export(trainer: Trainer, train_set: SliceSet, val_set: SliceSet | None, val
                       "generator_content_channels": int(cfg.gen_content),
                       "method": cfg.method},
         normalization=norm.to_json(),
-        validity={"threshold": round(threshold, 4), "score": "median over slices of (Mahalanobis in PCA subspace "
-                  "+ off-subspace residual)/2, 1 ~ training slices", "calibration": "1.1 x upper quartile of the volume scores of leave-one-volume-out training volumes "
-                  "and validation volumes",
-                  "heldout_volume_scores": [round(v, 4) for v in heldout_volume_scores(held_scores)],
-                  "fitted_on_slices": int(sum(len(f) for f in feats)),
-                  "training_foreground_ml": round(foreground_ml, 2)},
+        validity={**fit.card_fields(), "training_foreground_ml": round(foreground_ml, 2)},
         confidence_calibration=cal, files={},
         description=extra_card.pop("description", f"GASE {cfg.method} model for {anatomy} MR, {plane} slices."),
         training={"config": cfg.to_json(), "iterations": trainer.state.iteration,
