@@ -157,8 +157,13 @@ def test_an_inverted_image_is_outside_the_competence_of_an_mr_model(predictor):
     assert background_level(make_ood("ct", "knee", 3, scale=0.5).array) < 0
     assert background_level(inv.array[:1]) > 0.95
     assert background_level(np.zeros((4, 4, 4), np.float32)) is None  # nothing to compare with
+    assert background_level(np.full((4, 4, 4), 7.0, np.float32)) is None  # no contrast: not "inverted"
+    nan_corner = make_case("knee", "pd_fse", 7, scale=0.5)[0].array.astype(np.float32)
+    nan_corner[:3, :3, :3] = np.nan  # one corner of NaN voxels: the other seven decide
+    assert 0 < background_level(nan_corner) < 0.2
     # subsampled on a big volume, the same verdict
     big = np.full((60, 60, 60), 100.0, np.float32)
+    big[:, :, :20] = 40.0  # some contrast (an image without any is not measured)
     for k in (slice(0, 6), slice(54, 60)):
         for j in (slice(0, 6), slice(54, 60)):
             for i in (slice(0, 6), slice(54, 60)):

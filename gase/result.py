@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,21 +60,26 @@ INVERTED_BACKGROUND_LEVEL = 0.8
 def background_level(array: np.ndarray, max_voxels: int = 1 << 22) -> float | None:
     """The median of the darkest of the volume's 8 corner blocks (a tenth of each axis) over the volume's
     75th percentile (both on a regular subsample of at most about ``max_voxels``). None when it cannot be
-    measured: an empty volume, or a 75th percentile <= 0 (a CT in Hounsfield units; its own check)."""
+    measured: an empty volume, a 75th percentile <= 0 (a CT in Hounsfield units; its own check), an image
+    without contrast (5th percentile within 5% of the 75th) or only NaN corners."""
     a = np.asarray(array)
     if a.size == 0 or a.ndim == 0:
         return None
     step = max(1, int(np.ceil((a.size / max_voxels) ** (1.0 / a.ndim))))
-    p75 = float(np.percentile(a[(slice(None, None, step),) * a.ndim].astype(np.float32), 75))
-    if not np.isfinite(p75) or p75 <= 0:
-        return None
-    ends = [(slice(0, max(1, n // 10)), slice(n - max(1, n // 10), n)) for n in a.shape]
-    medians = []
-    for corner in itertools.product(*ends):
-        block = a[corner]
-        bstep = max(1, int(np.ceil((block.size / max_voxels) ** (1.0 / a.ndim))))
-        medians.append(float(np.median(block[(slice(None, None, bstep),) * a.ndim].astype(np.float32))))
-    return min(medians) / p75
+    with warnings.catch_warnings():  # all-NaN parts: not measured, no warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p5, p75 = (float(v) for v in np.nanpercentile(a[(slice(None, None, step),) * a.ndim].astype(np.float32),
+                                                      [5, 75]))
+        if not np.isfinite(p75) or p75 <= 0 or p5 >= 0.95 * p75:  # (a CT; an image without contrast)
+            return None
+        ends = [(slice(0, max(1, n // 10)), slice(n - max(1, n // 10), n)) for n in a.shape]
+        medians = []
+        for corner in itertools.product(*ends):
+            block = a[corner]
+            bstep = max(1, int(np.ceil((block.size / max_voxels) ** (1.0 / a.ndim))))
+            medians.append(float(np.nanmedian(block[(slice(None, None, bstep),) * a.ndim].astype(np.float32))))
+    medians = [m for m in medians if np.isfinite(m)]  # (a corner of NaN voxels says nothing)
+    return min(medians) / p75 if medians else None
 
 
 def looks_inverted(level: float | None) -> bool:
