@@ -83,6 +83,12 @@ def test_quick_run_metrics_are_in_range(quick_run):
             assert _in(val["auroc"], 0, 1) and _in(val["false_invalid_source"], 0, 1)
             assert set(val["detected"]) == {"ct", "other_anatomy", "noise", "motion", "inverted", "wrong_orientation"}
             assert math.isclose(val["roc"]["fpr"][-1], 1.0) and math.isclose(val["roc"]["tpr"][-1], 1.0)
+            # each record says which checks failed: none for a valid volume, at least one otherwise
+            for r in recs:
+                assert set(r["validity"]["failed"]) <= {"style", "size", "ct", "inverted", "stability"}
+                assert (not r["validity"]["failed"]) == r["validity"]["valid"], r["validity"]
+            assert all("ct" in r["validity"]["failed"] for r in recs if r["kind"] == "ct")
+            assert all("inverted" in r["validity"]["failed"] for r in recs if r["kind"] == "inverted")
 
 
 @pytest.mark.slow

@@ -96,7 +96,11 @@ def evaluate_model(predictor: Predictor, data: AnatomyData, method: str, panel_k
                "reliability": {"expected_dice": res.expected_dice_overall, "stability": res.stability_overall,
                                "confidence": res.reliability_overall, "msp": _fg_mean(probs["msp"], fg),
                                "entropy": 1.0 - _fg_mean(ent, fg)},
-               "validity": {"score": float(v.score), "valid": bool(v.valid), "threshold": float(v.threshold)}}
+               "validity": {"score": float(v.score), "valid": bool(v.valid), "threshold": float(v.threshold),
+                            "background_level": v.background_level,
+                            "failed": [name for name, ok in (("style", v.style_valid), ("size", v.size_valid),
+                                                             ("ct", v.modality_valid), ("inverted", v.polarity_valid),
+                                                             ("stability", v.stability_valid)) if not ok]}}
         if "source_expert" in res.extra:  # which network segmented it (GASE models with a source expert)
             rec["source_expert"] = dict(res.extra["source_expert"])
         star = volume_point(v.distances_2d, v.score) if v.distances_2d is not None else None
