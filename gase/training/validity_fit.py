@@ -35,8 +35,7 @@ from .augment import standard_augment
 
 AUGMENTED_COPIES = 4  # augmented copies of each training slice the manifold is fitted on
 ROUTER = {"copies": 0, "margin": 1.1}  # a source expert's routing manifold (see the module's doc)
-CALIBRATION = ("1.25 x upper quartile of the volume scores of leave-one-volume-out training volumes and "
-               "validation volumes")
+CALIBRATION = "upper quartile of the volume scores of leave-one-volume-out training volumes and validation volumes"
 
 
 @dataclass
@@ -53,7 +52,7 @@ class ValidityFit:
         return {"threshold": round(self.threshold, 4),
                 "score": "median over slices of (Mahalanobis in PCA subspace + off-subspace residual)/2, "
                          "1 ~ training slices",
-                "calibration": f"{self.margin:g} x " + CALIBRATION.split(" x ", 1)[1],
+                "calibration": f"{self.margin:g} x {CALIBRATION}",
                 "heldout_volume_scores": [round(v, 4) for v in heldout_volume_scores(self.heldout_scores)],
                 "fitted_on_slices": self.fitted_on_slices,
                 "augmented_copies": self.copies}
