@@ -170,6 +170,7 @@ def test_reuse_models_reevaluates_without_training(quick_run, tmp_path):
     main(args)
     assert json.loads(card_path.read_text())["validity"]["training_foreground_ml"] == written
     assert json.loads(card_path.read_text())["validity"]["augmented_copies"] == 4
+    assert json.loads(card_path.read_text())["validity"]["heldout_augmented_copies"] == 4
     refit = json.loads(card_path.read_text())["validity"]["threshold"]
     assert refit == pytest.approx(threshold, abs=1e-3)  # the training's own fit
     assert json.loads(card_path.read_text())["source_expert"]["training"]["config"]["method"] == "erm"
@@ -215,3 +216,65 @@ def test_retrain_one_method_and_reuse_the_others(quick_run, tmp_path):
     assert "knee/gase trained here" in text and "`--reuse-models --retrain`" in text
     with pytest.raises(SystemExit):
         main(["--quick", "--anatomy", "knee", "--out", str(tmp_path / "x"), "--retrain", "gase"])
+
+
+def test_false_invalid_upper_bound_and_seed_stream():
+    from benchmarks.data import DataSpec, _seeds
+    from benchmarks.false_invalid import extra_source_seeds, upper_bound
+
+    assert upper_bound(0, 3) == pytest.approx(1 - 0.05 ** (1 / 3), abs=1e-9)   # 63.2%: six volumes show little
+    assert upper_bound(0, 300) == pytest.approx(0.00994, abs=1e-4)             # 300 clean volumes show <= 1%
+    assert upper_bound(2, 400) == pytest.approx(0.01566, abs=2e-4)
+    assert upper_bound(5, 5) == 1.0
+    seeds = extra_source_seeds("knee", 1, 50)
+    assert len(set(seeds)) == 50 and seeds == extra_source_seeds("knee", 1, 50)
+    assert extra_source_seeds("knee", 1, 20, first=30) == seeds[30:]
+    spec = DataSpec("knee", (), seed=1)
+    assert not set(seeds) & set(_seeds(spec, "test", 6)) and not set(seeds) & set(_seeds(spec, "train", 5))
+
+
+def test_false_invalid_runs_the_full_prediction_and_refuses_to_overwrite(tiny_model, tmp_path, capsys):
+    from benchmarks.false_invalid import main as false_invalid
+
+    out = tmp_path / "fi.json"
+    assert false_invalid(["--model", str(tiny_model), "--anatomy", "knee", "--subjects", "2", "--scale", "0.4",
+                          "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    s = res["summary"]
+    assert s["volumes"] == 2 and len(res["records"]) == 2 and res["style"] == "pd_fse"
+    assert s["invalid"] == sum(not r["validity"]["valid"] for r in res["records"])
+    for r in res["records"]:
+        v = r["validity"]
+        assert set(v["failed"]) <= {"style", "size", "ct", "inverted", "stability"}
+        assert v["valid"] == (not v["failed"]) and 0.0 <= r["dice_mean"] <= 1.0
+        assert ("style" in v["failed"]) == (v["score"] > v["threshold"])
+    assert "source-style volumes called invalid" in capsys.readouterr().out
+    before = out.read_text()
+    with pytest.raises(SystemExit):
+        false_invalid(["--model", str(tiny_model), "--anatomy", "knee", "--subjects", "1", "--out", str(out)])
+    assert out.read_text() == before  # nothing the user had is overwritten
+    with pytest.raises(SystemExit, match="knee model"):
+        false_invalid(["--model", str(tiny_model), "--anatomy", "pelvis", "--subjects", "1"])
+
+
+@pytest.mark.slow
+def test_report_counts_the_extra_source_subjects_of_this_runs_model(quick_run, tmp_path):
+    from benchmarks.false_invalid import main as false_invalid
+
+    out, res = quick_run
+    folder = tmp_path / "run"
+    shutil.copytree(out, folder, ignore=shutil.ignore_patterns("models"))
+    model = out / "models" / "knee-gase"
+    fi = folder / "false_invalid_knee.json"
+    assert false_invalid(["--model", str(model), "--anatomy", "knee", "--subjects", "2", "--scale", "0.4",
+                          "--data-seed", str(res["meta"].get("seed", 0)), "--out", str(fi)]) == 0
+    assert report.main([str(folder)]) == 0
+    md = (folder / "RESULTS.md").read_text()
+    n_src = sum(r["group"] == "source" for r in res["anatomies"]["knee"]["methods"]["gase"]["records"])
+    assert f"of {n_src + 2}: the {n_src} test volumes and 2 more subjects" in md
+    # written for another model (here: another training time) -> not counted
+    d = json.loads(fi.read_text())
+    d["model_training_seconds"] += 100.0
+    fi.write_text(json.dumps(d))
+    assert report.main([str(folder)]) == 0
+    assert "more subjects" not in (folder / "RESULTS.md").read_text()

@@ -122,3 +122,98 @@ def test_fewer_synthetic_views_per_batch(knee_cases):
         TrainConfig(syn_fraction=0.0).validate()
     with pytest.raises(InputError, match="w_consistency"):
         TrainConfig(syn_fraction=0.5, w_consistency=0.5).validate()
+
+
+def _stripes(b=4, n_classes=3, size=32):
+    """Images whose class 1 holds two tissues (a dark rim and a bright core), like cortex and marrow."""
+    y = torch.zeros(b, size, size, dtype=torch.long)
+    y[:, 8:24, 8:24] = 1
+    y[:, 12:20, 26:30] = 2
+    x = torch.full((b, 1, size, size), 0.3)
+    x[:, 0, 8:24, 8:24] = 0.05          # rim
+    x[:, 0, 11:21, 11:21] = 0.85        # core
+    x[:, 0, 12:20, 26:30] = 0.5
+    return x, y
+
+
+def test_flatten_luts_squeezes_the_chosen_curves_only():
+    from gase.training.augment import flatten_luts
+    g = torch.Generator().manual_seed(0)
+    luts = torch.rand(400, 256, generator=g)
+    out = flatten_luts(luts, torch.Generator().manual_seed(1), prob=0.5, max_spread=0.3)
+    spread_in = luts.amax(1) - luts.amin(1)
+    spread_out = out.amax(1) - out.amin(1)
+    changed = ~torch.isclose(out, luts).all(1)
+    assert 120 < int(changed.sum()) < 280               # about half of them
+    assert torch.all(spread_out[changed] <= 0.3 * spread_in[changed] + 1e-6)
+    assert torch.equal(out[~changed], luts[~changed])
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    assert torch.equal(flatten_luts(luts, torch.Generator().manual_seed(1), prob=0.0, max_spread=0.3), luts)
+
+
+def test_random_curves_with_flattening_can_render_the_two_tissues_of_a_class_alike():
+    from gase.training.augment import random_curves
+    x, y = _stripes(b=64)
+    contrast = []
+    for flatten in (0.0, 1.0):
+        out = random_curves(x, y, 3, torch.Generator().manual_seed(2), per_class_prob=1.0, flatten_prob=flatten)
+        rim, core = out[:, 0, 10, 10:22].mean(1), out[:, 0, 14:18, 14:18].mean((1, 2))
+        contrast.append((core - rim).abs())
+    # a curve over the source intensities gives rim and core independent values; flattening makes them close
+    assert float(contrast[1].median()) < 0.5 * float(contrast[0].median())
+    assert float(contrast[1].max()) <= 0.31
+
+
+def test_flattening_off_draws_nothing_extra():
+    """The peer (``randcurve``) and earlier runs draw the same random numbers as before the option."""
+    from gase.training.augment import random_curves
+    x, y = _stripes()
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    a = random_curves(x, y, 3, g1)
+    b = random_curves(x, y, 3, g2, flatten_prob=0.0)
+    assert torch.equal(a, b) and torch.equal(g1.get_state(), g2.get_state())
+
+
+def test_curve_flatten_setting_is_checked():
+    from gase.errors import InputError
+    from gase.training.config import TrainConfig
+    assert TrainConfig(curve_flatten=0.5).validate().curve_flatten == 0.5
+    with pytest.raises(InputError, match="curve_flatten"):
+        TrainConfig(curve_flatten=1.5).validate()
+
+
+def test_random_shallow_conv_changes_texture_within_range_and_is_seeded():
+    from gase.training.augment import random_shallow_conv
+    x, _ = _stripes(b=8)
+    a = random_shallow_conv(x, torch.Generator().manual_seed(0))
+    b = random_shallow_conv(x, torch.Generator().manual_seed(0))
+    assert a.shape == x.shape and torch.equal(a, b)
+    assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0 + 1e-6
+    assert not torch.allclose(a, x, atol=0.05)
+    c = random_shallow_conv(x, torch.Generator().manual_seed(1))
+    assert not torch.allclose(a, c)
+
+
+def test_gin_views_join_gase_training_only(knee_cases):
+    import numpy as np
+
+    from gase.labels import KNEE_LABELS
+    from gase.preprocess import Normalization
+    from gase.training.config import TrainConfig
+    from gase.training.data import SliceSet
+    from gase.training.loop import Trainer
+    from gase.errors import InputError
+
+    pairs = [(img, lab.array.astype(np.uint8), f"c{n}") for n, (img, lab) in enumerate(knee_cases[:2])]
+    sset = SliceSet.build(pairs, "sagittal", 1.75, Normalization())
+    cfg = TrainConfig(method="gase", iterations=2, batch_size=2, crop=64, device="cpu", gin_prob=1.0,
+                      gen_warmup=0.0, source_expert=False)
+    tr = Trainer(cfg, KNEE_LABELS, 5)
+    seen = []
+    original = tr._gin
+    tr._gin = lambda v: seen.append(v.shape[0]) or original(v)
+    losses = tr.step(*sset.sample(tr.gen, 2, 64))
+    assert all(np.isfinite(v) for v in losses.values())
+    assert seen == [2, 1]  # the curve views of the batch and the synthetic views (half of the batch)
+    with pytest.raises(InputError, match="gin_prob"):
+        TrainConfig(gin_prob=-0.1).validate()

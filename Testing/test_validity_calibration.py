@@ -79,16 +79,26 @@ def test_fit_counts_the_augmented_copies_and_is_deterministic():
     train, val = [_subject(s) for s in range(4)], [_subject(10)]
     fit = fit_validity(_stats_features, train, val, copies=3)
     assert fit.fitted_on_slices == 4 * 16 * (1 + 3) and fit.copies == 3
-    assert len(fit.heldout_scores) == 5  # each training volume (left out) and the validation volume
+    # each training volume (left out) and the validation volume, as it is and as 4 augmented copies
+    assert len(fit.heldout_scores) == 5 * (1 + 4) and fit.heldout_copies == 4
     fields = fit.card_fields()
     assert fields["augmented_copies"] == 3 and fields["threshold"] == round(fit.threshold, 4) > 0
-    assert "1.25 x upper quartile" in fields["calibration"]
+    assert fields["heldout_augmented_copies"] == 4 and len(fields["heldout_volume_scores"]) == 25
+    assert "1.25 x upper quartile" in fields["calibration"] and "4 augmented copies" in fields["calibration"]
     again = fit_validity(_stats_features, train, val, copies=3)
     assert again.threshold == fit.threshold
-    plain = fit_validity(_stats_features, train, val, copies=0)
-    assert plain.fitted_on_slices == 4 * 16
+    plain = fit_validity(_stats_features, train, val, copies=0, heldout_copies=0)
+    assert plain.fitted_on_slices == 4 * 16 and len(plain.heldout_scores) == 5
+    assert "augmented" not in plain.card_fields()["calibration"]
+    # the held-out copies are drawn after the fit's own: the manifold does not depend on them
+    no_heldout_copies = fit_validity(_stats_features, train, val, copies=3, heldout_copies=0)
+    assert (no_heldout_copies.manifold.to_tensors()["mean"] == fit.manifold.to_tensors()["mean"]).all()
+    assert [float(s.mean()) for s in no_heldout_copies.heldout_scores] == \
+        [float(s.mean()) for s in fit.heldout_scores[::5]]
     with pytest.raises(ValueError, match="copies"):
         fit_validity(_stats_features, train, val, copies=-1)
+    with pytest.raises(ValueError, match="copies"):
+        fit_validity(_stats_features, train, val, heldout_copies=-1)
 
 
 def test_refit_rewrites_the_manifolds_of_a_trained_model_and_its_expert(tiny_model, knee_cases, tmp_path):
@@ -109,6 +119,8 @@ def test_refit_rewrites_the_manifolds_of_a_trained_model_and_its_expert(tiny_mod
     card = json.loads((folder / "model.json").read_text())
     # what training writes now: the segmenter's manifold with augmented copies, the expert's a strict router
     assert card["validity"]["augmented_copies"] == 4 and card["source_expert"]["validity"]["augmented_copies"] == 0
+    assert card["validity"]["heldout_augmented_copies"] == 4
+    assert card["source_expert"]["validity"]["heldout_augmented_copies"] == 0
     assert card["source_expert"]["validity"]["calibration"].startswith("1.1 x")
     expert_threshold = card["source_expert"]["validity"]["threshold"]
     for v in (card["validity"], card["source_expert"]["validity"]):

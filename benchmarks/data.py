@@ -34,7 +34,7 @@ DEFAULT_UNSEEN: dict[str, tuple[str, ...]] = {
 }
 
 # one seed stream per set; a set's subjects are subject_seed(base + offset, i)
-_SET_OFFSET = {"train": 1, "test": 2, "ood": 3}
+_SET_OFFSET = {"train": 1, "test": 2, "ood": 3, "extra_source": 4}  # extra_source: benchmarks.false_invalid
 
 
 @dataclass

@@ -306,7 +306,8 @@ def reused_training(folder: Path, want: TrainConfig) -> dict:
 def upgrade_reused_card(folder: Path, train_pairs, val_pairs) -> None:
     """Give an earlier run's model what training writes now, from this run's own training pairs (the same data,
     checked by :func:`reused_training`): ``validity.training_foreground_ml`` (2026-11-28); the style manifold
-    fitted with augmented copies of the training slices and its threshold (2026-12-05,
+    fitted with augmented copies of the training slices and its threshold (2026-12-05; calibrated on augmented
+    copies of the held-out volumes too since the evening of 2026-12-05,
     :func:`gase.training.validity_fit.refit_validity`; a source expert in the folder too)."""
     from gase.model_card import load_card, write_card
     from gase.training.validity_fit import refit_validity
@@ -318,11 +319,12 @@ def upgrade_reused_card(folder: Path, train_pairs, val_pairs) -> None:
         write_card(card, folder)
         print(f"  {folder.name}: card given validity.training_foreground_ml = "
               f"{card.validity['training_foreground_ml']} (from the training labels)", flush=True)
-    if "augmented_copies" not in card.validity:
+    if not {"augmented_copies", "heldout_augmented_copies"} <= set(card.validity):
         before = card.validity["threshold"]
         fit = refit_validity(folder, train_pairs, val_pairs)["validity.safetensors"]
         print(f"  {folder.name}: style manifold fitted again with {fit.copies} augmented copies of the training "
-              f"slices; threshold {before} -> {fit.threshold:.4f}"
+              f"slices, threshold calibrated on the held-out volumes and {fit.heldout_copies} augmented copies of "
+              f"each; threshold {before} -> {fit.threshold:.4f}"
               + (" (and its source expert's, as a router)" if card.source_expert else ""), flush=True)
 
 

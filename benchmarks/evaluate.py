@@ -68,6 +68,16 @@ def _panel_slice(case: Case, plane: str, pred: np.ndarray, conf: np.ndarray) -> 
             "spacing": np.asarray(reo.spacing[1:], np.float32)}
 
 
+def validity_record(v) -> dict:
+    """A result's :class:`gase.result.Validity` as a benchmark record: score, verdict, threshold, background
+    level and the names of the checks that flagged the volume (``failed``)."""
+    return {"score": float(v.score), "valid": bool(v.valid), "threshold": float(v.threshold),
+            "background_level": v.background_level,
+            "failed": [name for name, ok in (("style", v.style_valid), ("size", v.size_valid),
+                                             ("ct", v.modality_valid), ("inverted", v.polarity_valid),
+                                             ("stability", v.stability_valid)) if not ok]}
+
+
 def _fg_mean(values: np.ndarray, fg: np.ndarray) -> float:
     return float(values[fg].mean()) if fg.any() else float("nan")
 
@@ -96,11 +106,7 @@ def evaluate_model(predictor: Predictor, data: AnatomyData, method: str, panel_k
                "reliability": {"expected_dice": res.expected_dice_overall, "stability": res.stability_overall,
                                "confidence": res.reliability_overall, "msp": _fg_mean(probs["msp"], fg),
                                "entropy": 1.0 - _fg_mean(ent, fg)},
-               "validity": {"score": float(v.score), "valid": bool(v.valid), "threshold": float(v.threshold),
-                            "background_level": v.background_level,
-                            "failed": [name for name, ok in (("style", v.style_valid), ("size", v.size_valid),
-                                                             ("ct", v.modality_valid), ("inverted", v.polarity_valid),
-                                                             ("stability", v.stability_valid)) if not ok]}}
+               "validity": validity_record(v)}
         if "source_expert" in res.extra:  # which network segmented it (GASE models with a source expert)
             rec["source_expert"] = dict(res.extra["source_expert"])
         star = volume_point(v.distances_2d, v.score) if v.distances_2d is not None else None

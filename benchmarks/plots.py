@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-from gase.validity_map import draw_accepted_region  # noqa: E402
+from gase.validity_map import REFERENCE_LABEL, draw_accepted_region  # noqa: E402
 
 DPI = 100
 METHOD_COLORS = {"erm": "#8c8c8c", "randcurve": "#4c72b0", "gase": "#dd5d2a"}
@@ -216,7 +216,7 @@ def _distance_map(ax, name: str, method: str, a: dict, man: dict) -> None:
     pts = np.asarray([v["distances"] for v in man["volumes"]], dtype=np.float64).reshape(-1, 2)
     log = draw_accepted_region(ax, threshold, np.concatenate([ref, pts]))
     if len(ref):
-        ax.scatter(ref[:, 0], ref[:, 1], s=6, color="#bdbdbd", linewidths=0, label="training slices", zorder=1)
+        ax.scatter(ref[:, 0], ref[:, 1], s=6, color="#bdbdbd", linewidths=0, label=REFERENCE_LABEL, zorder=1)
     colors = _style_colors(a["unseen_styles"])
     seen = set()
     for v in man["volumes"]:
@@ -260,7 +260,7 @@ def style_manifold(res: dict, out: Path) -> Path:
                 ax.scatter(q[:, 0], q[:, 1], facecolors="none", edgecolors=kw.get("color"), marker=kw.get("marker", "o"),
                            s=kw.get("s", 10) * 1.6, linewidths=0.8, alpha=0.8, clip_on=False, zorder=kw.get("zorder", 2))
 
-        draw(ref, "training slices", s=8, color="#bdbdbd", zorder=1)
+        draw(ref, REFERENCE_LABEL, s=8, color="#bdbdbd", zorder=1)
         colors = _style_colors(a["unseen_styles"])
         seen = set()
         for v in man["volumes"]:

@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import OutputError
 from .result import ct_comparison, inverted_comparison
-from .validity_map import draw_distance_map
+from .validity_map import REFERENCE_LABEL, draw_distance_map
 
 DEMO_UNSEEN_STYLE = "t1_se"
 DEMO_SEED = 9001
@@ -109,7 +109,7 @@ def render_overview(rows: list[dict], path: Path, title: str) -> Path:
                          "a star above the dashed line = outside the model's competence", fontsize=10)
     else:  # a model saved before the two distances existed
         ref = np.asarray(validities[0].reference_2d)
-        ax_map.scatter(ref[:, 0], ref[:, 1], s=6, c="lightgray", label="training slices")
+        ax_map.scatter(ref[:, 0], ref[:, 1], s=6, c="lightgray", label=REFERENCE_LABEL)
         for r, v in enumerate(validities):
             emb = np.asarray(v.embedding_2d)
             ax_map.scatter(emb[:, 0], emb[:, 1], s=10, c=colors[r % len(colors)], label=rows[r]["case"])

@@ -136,6 +136,9 @@ def calibrate_threshold(heldout_slice_scores: list[np.ndarray], quantile: float 
     score an outlier (pelvis, 2026-11-28: held-out 2.31-3.72 plus one at 12.4, which let CT-like pelves
     and most motion corruption through).
 
+    Since the evening of 2026-12-05 :func:`gase.training.validity_fit.fit_validity` passes augmented copies of
+    each held-out volume too (one array each); see :mod:`gase.training.validity_fit` for why.
+
     Why a margin of 1.25 (1.1 before 2026-12-05): with the manifold fitted on augmented copies of the training
     slices too (:mod:`gase.training.validity_fit`), the data-seed-1 benchmark's GASE models were checked on 12
     new source-style subjects per anatomy (its 6 test subjects and 6 of another seed stream). Held-out

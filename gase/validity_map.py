@@ -19,6 +19,9 @@ VALID_RGB = (0.18, 0.62, 0.25)     # green: within the model's competence
 INVALID_RGB = (0.85, 0.20, 0.12)   # red: outside it
 WITHIN_LABEL = "distance within the learned styles"
 OFF_LABEL = "distance off the learned styles"
+# the reference sample: since 2026-12-05 the manifold is fitted on the training slices and augmented copies
+# of them (gase.training.validity_fit); a model fitted before that has the training slices alone
+REFERENCE_LABEL = "training slices (and augmented copies)"
 LOG_ABOVE = 8.0  # axes turn logarithmic when a point lies beyond this many thresholds
 
 
@@ -77,7 +80,7 @@ def draw_distance_map(ax, threshold: float, cases: Sequence[tuple[np.ndarray, st
     log = draw_accepted_region(ax, threshold, everything)
     if reference is not None and len(reference):
         ref = np.asarray(reference, dtype=np.float64)
-        ax.scatter(ref[:, 0], ref[:, 1], s=6, c="0.6", alpha=0.6, linewidths=0, label="training slices")
+        ax.scatter(ref[:, 0], ref[:, 1], s=6, c="0.6", alpha=0.6, linewidths=0, label=REFERENCE_LABEL)
     for p, star, (_, label, colour, score) in zip(points, stars, cases):
         if colour is None:
             inside = p.mean(axis=1) <= threshold

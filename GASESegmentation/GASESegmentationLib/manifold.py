@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from gase.result import Validity
-from gase.validity_map import INVALID_RGB, VALID_RGB, draw_distance_map
+from gase.validity_map import INVALID_RGB, VALID_RGB, REFERENCE_LABEL, draw_distance_map
 
 from .verdict import Verdict
 
@@ -67,7 +67,7 @@ def _draw_pca_map(ax, validity: Validity, scores: np.ndarray, verdict: Verdict) 
     reference = None if validity.reference_2d is None else np.asarray(validity.reference_2d, dtype=np.float64)
     embedding = None if validity.embedding_2d is None else np.asarray(validity.embedding_2d, dtype=np.float64)
     if reference is not None and len(reference):
-        ax.scatter(reference[:, 0], reference[:, 1], s=6, c="0.65", alpha=0.6, linewidths=0, label="training slices")
+        ax.scatter(reference[:, 0], reference[:, 1], s=6, c="0.65", alpha=0.6, linewidths=0, label=REFERENCE_LABEL)
     if embedding is not None and len(embedding):
         per_point = scores[: len(embedding)] if scores.size >= len(embedding) else np.full(len(embedding), np.nan)
         inside = np.where(np.isfinite(per_point), per_point <= validity.threshold, verdict.valid)

@@ -16,6 +16,8 @@
 # subjects each (T2 FSE 0.822 vs 0.760, PD-FS 0.753 vs 0.724, FLASH-WE 0.714 vs 0.691) but called 2 of 3
 # pelvis phantoms valid knees (style 0.95-1.38 under 1.64, structures 2.0-2.1x, stability 0.65-0.70), so
 # it was not shipped either.
+# 0.2.2 (5 Dec, evening) is 0.2.1 with its threshold calibrated on augmented copies of the held-out volumes
+# too (gase.training.validity_fit.HELDOUT_COPIES; the same refit script, the manifolds themselves unchanged).
 #
 #   bash Resources/Models/knee-demo.recipe.sh [OUT_DIR]
 set -euo pipefail
@@ -36,7 +38,7 @@ from pathlib import Path
 from gase.model_card import load_card, write_card
 card = load_card(Path(sys.argv[1]))
 card.title = "GASE knee demo (phantom-trained, 4 labelled PD-FSE volumes)"
-card.version = "0.2.1"
+card.version = "0.2.2"
 card.description = ("Demonstration model: femur, femoral cartilage, tibia and tibial cartilage on sagittal knee MR. "
                     "Trained with GASE on 4 labelled knee phantoms of one sequence (PD FSE, 1.5 T) plus 1 for "
                     "validation. It has never seen patient data: use it to try GASE, not for clinical decisions.")

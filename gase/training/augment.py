@@ -70,10 +70,14 @@ def global_curve(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def random_curves(x: torch.Tensor, y: torch.Tensor, n_classes: int, gen: torch.Generator,
-                  per_class_prob: float = 0.8) -> torch.Tensor:
+                  per_class_prob: float = 0.8, flatten_prob: float = 0.0) -> torch.Tensor:
     """Re-render each image with random intensity curves, per class (prob ``per_class_prob``) or global.
 
     Class masks are blurred (sigma ~1.5 px) before blending, so boundaries stay as soft as the image's.
+    ``flatten_prob``: the chance that a class's curve is squeezed towards one random level (its spread
+    kept at 0-30%), so the tissues inside one label lose their contrast to each other: fat-suppressed
+    marrow and cortex become one dark bone, which a curve over the source image's intensities rarely
+    draws (both tissues need a low value on independent knots). See :func:`flatten_luts`.
     """
     b, _, h, w = x.shape
     dev = x.device
@@ -88,10 +92,50 @@ def random_curves(x: torch.Tensor, y: torch.Tensor, n_classes: int, gen: torch.G
         soft = F.conv2d(onehot, kern, padding=2, groups=n_classes)
         soft = soft / soft.sum(1, keepdim=True).clamp_min(1e-6)
         luts = _curve_lut(gen, b * n_classes, device=dev)
+        if flatten_prob > 0:
+            luts = flatten_luts(luts, gen, flatten_prob)
         per = _apply_lut(flat.repeat_interleave(n_classes, 0), luts).reshape(b, n_classes, h, w)
         class_img = (per * soft).sum(1, keepdim=True)
         out = torch.where(use_class[:, None, None, None], class_img, out)
     return out
+
+
+def flatten_luts(luts: torch.Tensor, gen: torch.Generator, prob: float, max_spread: float = 0.3) -> torch.Tensor:
+    """Each curve of ``luts`` (N, 256), with probability ``prob``: ``level + s (lut - mean(lut))`` with a
+    random level in 0..1 and s in 0..``max_spread``, clamped to 0..1 (a class rendered nearly uniform)."""
+    n = luts.shape[0]
+    pick = (torch.rand(n, 1, generator=gen) < prob).to(luts.device)
+    level = _rand(gen, n, 1, device=luts.device)
+    spread = _rand(gen, n, 1, hi=max_spread, device=luts.device)
+    flat = (level + spread * (luts - luts.mean(1, keepdim=True))).clamp(0, 1)
+    return torch.where(pick, flat, luts)
+
+
+def random_shallow_conv(x: torch.Tensor, gen: torch.Generator, layers: int = 4, width: int = 2) -> torch.Tensor:
+    """Each image re-rendered by its own randomly initialised shallow convolutional network (GIN, Ouyang et
+    al. 2022): ``layers`` convolutions of random kernel size (1 or 3) and weights, leaky ReLU between them,
+    then blended with the input by a random factor and rescaled to 0..1. Changes local texture and the
+    intensity relations of neighbouring tissues, which a curve over intensity cannot; the labels stay exact
+    (3x3 kernels move no boundary by more than ``layers`` pixels of blur)."""
+    b, _, h, w = x.shape
+    dev = x.device
+    out = x.reshape(1, b, h, w)
+    c_in = 1
+    for i in range(layers):
+        c_out = 1 if i == layers - 1 else width
+        k = 1 if float(torch.rand(1, generator=gen)) < 0.5 else 3
+        wt = torch.randn(b * c_out, c_in, k, k, generator=gen).to(dev, x.dtype)
+        bias = (torch.randn(b * c_out, generator=gen) * 0.1).to(dev, x.dtype)
+        out = F.conv2d(out, wt, bias, padding=k // 2, groups=b)
+        if i < layers - 1:
+            out = F.leaky_relu(out, 0.2)
+        c_in = c_out
+    out = out.reshape(b, 1, h, w)
+    lo = out.amin(dim=(2, 3), keepdim=True)
+    hi = out.amax(dim=(2, 3), keepdim=True)
+    out = (out - lo) / (hi - lo).clamp_min(1e-6)
+    alpha = _rand(gen, b, 1, 1, 1, device=dev)
+    return alpha * out + (1 - alpha) * x.clamp(0, 1)
 
 
 def gaussian_cutout(x: torch.Tensor, gen: torch.Generator, prob: float) -> torch.Tensor:

@@ -55,6 +55,10 @@ class TrainConfig:
     feature_style_prob: float = 0.0         # feature-space style mixing of the augmented views (GASE)
     w_consistency: float = 0.0              # agreement of predictions across style views of one crop
     extrapolation_feature: tuple[float, float] = (-0.5, 1.5)
+    curve_flatten: float = 0.0              # gase: chance per class that a random curve renders it nearly uniform
+                                            # (augment.flatten_luts; fat-suppressed bone is one dark region)
+    gin_prob: float = 0.0                   # gase: chance that a curve view is re-rendered by a random shallow conv
+                                            # network (augment.random_shallow_conv, GIN)
     syn_fraction: float = 0.5               # synthetic (and mixed) crops per iteration, as a fraction of the batch
     adv_detach: bool = True                 # D's real/fake heads read detached features: the adversarial game
                                             # does not reshape the segmentation features
@@ -74,6 +78,10 @@ class TrainConfig:
             raise InputError("iterations must be at least 1.")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise InputError("--max-minutes must be positive.")
+        if not 0.0 <= self.gin_prob <= 1.0:
+            raise InputError("gin_prob is a probability: use a value in [0, 1].")
+        if not 0.0 <= self.curve_flatten <= 1.0:
+            raise InputError("curve_flatten is a probability: use a value in [0, 1].")
         if not 0.0 < self.syn_fraction <= 1.0:
             raise InputError("syn_fraction must be in (0, 1].")
         if self.w_consistency > 0 and self.syn_fraction < 1.0:
