@@ -38,16 +38,30 @@ def test_merge_refuses_different_protocols_and_duplicate_anatomies():
         merge([_run("knee", 1.0), balanced])
 
 
-def test_dg_probe_reports_dice_per_style_and_the_unseen_mean():
+def test_dg_probe_reports_dice_per_style_and_the_unseen_mean(tmp_path):
     import numpy as np
     import torch
 
     from benchmarks.data import DEFAULT_UNSEEN
     from benchmarks.dg_probe import probe
+    from gase.labels import KNEE_LABELS
+    from gase.training.config import TrainConfig
+    from gase.training.loop import Trainer
 
     torch.set_num_threads(1)
-    res = probe("erm", 2, {"batch_size": 2, "crop": 64}, test_subjects=1)
-    assert set(res["dice"]) == {"pd_fse", *DEFAULT_UNSEEN["knee"]}
+    # fine-tuning from a checkpoint (the networks of an earlier run), with a style besides the default ones
+    settings = {"batch_size": 2, "crop": 64}
+    earlier = Trainer(TrainConfig(method="erm", device="cpu", **settings), KNEE_LABELS, 5)
+    torch.save(earlier.state_dict(), tmp_path / "checkpoint.pt")
+    res = probe("erm", 2, settings, test_subjects=1, init=tmp_path / "checkpoint.pt", extra_styles=("dess",),
+                eval_stream=150)
+    assert set(res["dice"]) == {"pd_fse", *DEFAULT_UNSEEN["knee"], "dess"}
     assert all(0.0 <= v <= 1.0 for d in res["dice"].values() for v in d.values())
     assert res["unseen_mean"] == round(float(np.mean([res["dice"][s]["mean"] for s in DEFAULT_UNSEEN["knee"]])), 3)
-    assert res["settings"] == {"batch_size": 2, "crop": 64}
+    assert res["extra_mean"] == res["dice"]["dess"]["mean"]
+    assert res["settings"] == settings and res["init"] == str(tmp_path / "checkpoint.pt")
+    other = Trainer(TrainConfig(method="erm", device="cpu", segmenter_channels=(8, 16, 32, 64, 128), **settings),
+                    KNEE_LABELS, 5)
+    torch.save(other.state_dict(), tmp_path / "other.pt")
+    with pytest.raises(RuntimeError, match="size mismatch"):  # the checkpoint's networks are really loaded
+        probe("erm", 1, settings, test_subjects=1, init=tmp_path / "other.pt")

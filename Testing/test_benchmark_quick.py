@@ -278,3 +278,16 @@ def test_report_counts_the_extra_source_subjects_of_this_runs_model(quick_run, t
     fi.write_text(json.dumps(d))
     assert report.main([str(folder)]) == 0
     assert "more subjects" not in (folder / "RESULTS.md").read_text()
+
+
+def test_source_dice_target_counts_gase_above_erm_as_met():
+    """'Within 0.02 of ERM' keeps plain training's source accuracy: 0.026 above ERM is met, 0.026 below not."""
+    def res(gase_source):
+        seg = lambda src: {"segmentation": {"source": {"dice": src}, "unseen": {"dice": 0.8}}}  # noqa: E731
+        return {"anatomies": {"knee": {"methods": {"gase": {"summary": seg(gase_source), "records": []},
+                                                   "erm": {"summary": seg(0.845)},
+                                                   "randcurve": {"summary": seg(0.7)}}}}}
+    row = lambda lines: next(line for line in lines if line.startswith("| source-style Dice"))  # noqa: E731
+    assert "met: 0.871 vs ERM 0.845" in row(report._targets(res(0.871)))
+    assert "met: 0.830 vs ERM 0.845" in row(report._targets(res(0.830)))
+    assert "missed: 0.819 vs ERM 0.845" in row(report._targets(res(0.819)))

@@ -217,3 +217,62 @@ def test_gin_views_join_gase_training_only(knee_cases):
     assert seen == [2, 1]  # the curve views of the batch and the synthetic views (half of the batch)
     with pytest.raises(InputError, match="gin_prob"):
         TrainConfig(gin_prob=-0.1).validate()
+
+
+def _three_tissues(b=4, noise=0.02, seed=0):
+    """Dark rim (cortex, 0.1) around a bright core (fat marrow, 0.9) next to a grey band (cartilage, 0.5)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.full((b, 1, 48, 48), 0.0)
+    x[:, 0, 8:40, 8:24] = 0.1
+    x[:, 0, 10:38, 10:22] = 0.9
+    x[:, 0, 8:40, 24:28] = 0.5
+    return (x + noise * torch.randn(x.shape, generator=g)).clamp(0, 1)
+
+
+def test_suppress_bright_darkens_the_brightest_tissue_without_a_rim():
+    from gase.training.augment import suppress_bright
+    x = _three_tissues()
+    out = suppress_bright(x, torch.Generator().manual_seed(0), levels=(0.7, 0.7))
+    core, band, rim = out[:, 0, 12:36, 12:20], out[:, 0, 10:38, 25:27], out[:, 0, 8:40, 8]
+    assert out.shape == x.shape and float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    assert float(core.mean()) < 0.3 * float(band.mean())        # fat-suppressed marrow: darker than cartilage
+    assert float(band.mean()) > 0.8                              # rescaled: the grey band is now the brightest
+    edge = out[:, 0, 10:38, 10]                                   # the core's outermost column: suppressed too
+    assert float(edge.max()) < 0.5 * float(band.mean())
+    assert abs(float(rim.mean()) - float(core.mean())) < 0.25   # cortex and marrow now alike (one dark bone)
+    again = suppress_bright(x, torch.Generator().manual_seed(0), levels=(0.7, 0.7))
+    assert torch.equal(out, again)
+
+
+def test_suppress_bright_leaves_images_without_tissue_above_the_level_alone():
+    from gase.training.augment import suppress_bright
+    x = _three_tissues(noise=0.0) * 0.5                          # nothing above 0.45
+    out = suppress_bright(x, torch.Generator().manual_seed(1), levels=(0.8, 0.9))
+    # only the rescaling to the 99.5th foreground percentile (the old bright core, 0.45) changes the image
+    assert torch.allclose(out, (x / 0.45).clamp(0, 1), atol=0.02)
+
+
+def test_fatsat_views_join_gase_training_only(knee_cases, monkeypatch):
+    import numpy as np
+
+    from gase.errors import InputError
+    from gase.labels import KNEE_LABELS
+    from gase.preprocess import Normalization
+    from gase.training import loop
+    from gase.training.config import TrainConfig
+    from gase.training.data import SliceSet
+
+    pairs = [(img, lab.array.astype(np.uint8), f"c{n}") for n, (img, lab) in enumerate(knee_cases[:2])]
+    sset = SliceSet.build(pairs, "sagittal", 1.75, Normalization())
+    seen = []
+    original = loop.suppress_bright
+    monkeypatch.setattr(loop, "suppress_bright", lambda v, g: seen.append(v.shape[0]) or original(v, g))
+    for method in ("gase", "randcurve"):
+        cfg = TrainConfig(method=method, iterations=2, batch_size=2, crop=64, device="cpu", fatsat_prob=1.0,
+                          gen_warmup=0.0, source_expert=False)
+        tr = loop.Trainer(cfg, KNEE_LABELS, 5)
+        losses = tr.step(*sset.sample(tr.gen, 2, 64))
+        assert all(np.isfinite(v) for v in losses.values())
+    assert seen == [2, 1]  # GASE: the curve views of the batch and the synthetic views; the peer: none
+    with pytest.raises(InputError, match="fatsat_prob"):
+        TrainConfig(fatsat_prob=1.5).validate()

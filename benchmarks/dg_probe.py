@@ -20,7 +20,9 @@ import numpy as np
 import torch
 
 
-def probe(method: str, iterations: int, overrides: dict, anatomy: str = "knee", test_subjects: int = 2) -> dict:
+def probe(method: str, iterations: int, overrides: dict, anatomy: str = "knee", test_subjects: int = 2,
+          data_seed: int = 0, init: Path | None = None, extra_styles: tuple[str, ...] = (),
+          eval_stream: int | None = None) -> dict:
     from gase.labels import ANATOMY_LABELS
     from gase.orientation import reorientation_for
     from gase.phantoms import SOURCE_STYLE, make_case, subject_seed
@@ -35,29 +37,39 @@ def probe(method: str, iterations: int, overrides: dict, anatomy: str = "knee", 
     plane, source, unseen = DEFAULT_PLANE[anatomy], SOURCE_STYLE[anatomy], list(DEFAULT_UNSEEN[anatomy])
     norm = Normalization()
     pairs = []
+    # the benchmark's training subjects of this data seed (benchmarks.data: stream 100 x seed + 1)
     for i in range(4):
-        image, labels = make_case(anatomy, source, subject_seed(1, i))
+        image, labels = make_case(anatomy, source, subject_seed(100 * data_seed + 1, i))
         pairs.append((image, labels.array.astype(np.uint8), f"train{i}"))
     spacing = float(np.median([s for im, _, _ in pairs for s in reorientation_for(im, plane).spacing[1:]]))
     train_set = SliceSet.build(pairs, plane, spacing, norm)
     cfg = TrainConfig.from_json({"method": method, "iterations": iterations, "device": "cpu", **overrides})
     table = ANATOMY_LABELS[anatomy]
     trainer = Trainer(cfg, table, max(t.value for t in table) + 1)
+    if init is not None:  # fine-tune: the networks of a training checkpoint, fresh optimisers and schedule
+        sd = torch.load(init, map_location="cpu", weights_only=False)
+        for name in ("seg", "enc", "G", "M"):
+            getattr(trainer, name).load_state_dict(sd[name])
     t0 = time.perf_counter()
     for _ in range(iterations):
         trainer.step(*train_set.sample(trainer.gen, cfg.batch_size, cfg.crop, mode=cfg.crop_sampling))
     seconds = time.perf_counter() - t0
     out = {"anatomy": anatomy, "method": method, "iterations": iterations, "settings": overrides,
+           "data_seed": data_seed, "init": str(init) if init else None,
            "threads": torch.get_num_threads(), "train_seconds": round(seconds, 1), "dice": {}}
-    for style in [source, *unseen]:
+    # evaluation subjects: the benchmark's test stream (100 x seed + 2) unless ``eval_stream`` names another
+    stream = 100 * data_seed + 2 if eval_stream is None else eval_stream
+    for style in [source, *unseen, *extra_styles]:
         cases = []
         for i in range(test_subjects):
-            image, labels = make_case(anatomy, style, subject_seed(2, i))
+            image, labels = make_case(anatomy, style, subject_seed(stream, i))
             cases.append((image, labels.array.astype(np.uint8), f"{style}{i}"))
         out["dice"][style] = {k: round(v, 3) for k, v in trainer.dice_on(SliceSet.build(cases, plane, spacing,
                                                                                         norm)).items()}
     out["source_mean"] = out["dice"][source]["mean"]
     out["unseen_mean"] = round(float(np.mean([out["dice"][s]["mean"] for s in unseen])), 3)
+    if extra_styles:
+        out["extra_mean"] = round(float(np.mean([out["dice"][s]["mean"] for s in extra_styles])), 3)
     return out
 
 
@@ -75,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--anatomy", default="knee", choices=["knee", "pelvis"])
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a TrainConfig setting (JSON value), e.g. lr=0.006 or gen_content=true; repeatable")
+    ap.add_argument("--data-seed", type=int, default=0, help="the benchmark data seed whose training subjects to use")
+    ap.add_argument("--init", type=Path, help="fine-tune: start from the networks of this training checkpoint.pt")
+    ap.add_argument("--test-subjects", type=int, default=2)
+    ap.add_argument("--eval-stream", type=int, help="seed stream of the evaluation subjects (default: the "
+                    "benchmark's test stream of --data-seed); another stream keeps the test set out of choices")
+    ap.add_argument("--extra-styles", nargs="*", default=[], help="styles evaluated besides the default unseen ones")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, help="also write the result here")
     a = ap.parse_args(argv)
@@ -85,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         if not sep:
             ap.error(f"--set {item!r}: expected KEY=VALUE")
         overrides[key] = _value(value)
-    res = probe(a.method, a.iterations, overrides, a.anatomy)
+    res = probe(a.method, a.iterations, overrides, a.anatomy, a.test_subjects, a.data_seed, a.init,
+                tuple(a.extra_styles), a.eval_stream)
     print(json.dumps(res))
     if a.json:
         a.json.write_text(json.dumps(res, indent=1) + "\n")

@@ -54,7 +54,7 @@ def _targets(res: dict) -> list[str]:
         ("mean Dice, unseen styles", ">= 0.85, >= ERM + 0.10, > peer", lambda a: (
             get(a, "gase", "segmentation", "unseen", "dice"), get(a, "erm", "segmentation", "unseen", "dice"),
             get(a, "randcurve", "segmentation", "unseen", "dice"))),
-        ("source-style Dice", "within 0.02 of ERM", lambda a: (
+        ("source-style Dice", "within 0.02 of ERM or above", lambda a: (
             get(a, "gase", "segmentation", "source", "dice"), get(a, "erm", "segmentation", "source", "dice"))),
         ("voxel failure AUROC (all voxels / near structures)", ">= 0.90", lambda a: (
             get(a, "gase", "confidence", "voxel", "confidence", "auroc_all"),
@@ -72,7 +72,8 @@ def _targets(res: dict) -> list[str]:
     checks = [
         lambda v: (None if not all(map(math.isfinite, v)) else v[0] >= 0.85 and v[0] >= v[1] + 0.10 and v[0] > v[2],
                    f"{_f(v[0])} (ERM {_f(v[1])}, peer {_f(v[2])})"),
-        lambda v: (None if not all(map(math.isfinite, v)) else abs(v[0] - v[1]) <= 0.02, f"{_f(v[0])} vs ERM {_f(v[1])}"),
+        # the target keeps the source accuracy of plain training: above ERM is met, not "outside 0.02"
+        lambda v: (None if not all(map(math.isfinite, v)) else v[0] >= v[1] - 0.02, f"{_f(v[0])} vs ERM {_f(v[1])}"),
         lambda v: (None if not math.isfinite(v[0]) else v[0] >= 0.90, f"{_f(v[0])} / {_f(v[1])}"),
         lambda v: (None if not math.isfinite(v[0]) else v[0] <= 0.05, f"{_f(v[0])} / {_f(v[1])}"),
         lambda v: (None if not math.isfinite(v[0]) else v[0] >= 0.8, f"{_f(v[0], 2)} / {_f(v[1], 2)} / {_f(v[2], 2)}"),

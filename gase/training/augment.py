@@ -4,6 +4,7 @@
 - :func:`random_curves`: random intensity curves per class and/or globally (non-monotone allowed, so
   contrasts can invert), the location-scale style extrapolation of SLAug/BigAug. Class masks are
   softened so that no hard label edge is painted into the image (that would be a shortcut).
+- :func:`suppress_bright`: the brightest tissue suppressed (fat saturation, water excitation, STIR), no labels.
 - :func:`diversify_styles`: GASE's style-space interpolation/extrapolation and mapping-network samples.
 - :func:`gaussian_cutout`: random Gaussian-shaped occlusions that regularise the discriminator.
 
@@ -109,6 +110,37 @@ def flatten_luts(luts: torch.Tensor, gen: torch.Generator, prob: float, max_spre
     spread = _rand(gen, n, 1, hi=max_spread, device=luts.device)
     flat = (level + spread * (luts - luts.mean(1, keepdim=True))).clamp(0, 1)
     return torch.where(pick, flat, luts)
+
+
+def suppress_bright(x: torch.Tensor, gen: torch.Generator, levels: tuple[float, float] = (0.4, 0.9),
+                    fg_level: float = 0.05) -> torch.Tensor:
+    """Each image re-rendered as if its brightest tissue had been suppressed, the way fat saturation, water
+    excitation or an inversion pulse removes fat (bright on the T1, PD and T2 spin-echo scans a model is
+    usually trained on): where the lightly blurred image (its 3x3 maximum) is above a random level in ``levels`` (a tissue
+    decision, so noise inside one tissue does not speckle), the intensity is scaled down by 80-100%; then the
+    image is rescaled so that its 99.5th foreground percentile (voxels above ``fg_level``) is 1 again, as
+    :class:`gase.preprocess.Normalization` does for a real fat-suppressed scan.
+
+    A level between fat and fluid leaves fluid bright in a dark surround (STIR, PD-FS); a lower one also
+    darkens fluid (T1-weighted Dixon water images). Inside one label, bright marrow falls to the level of
+    dark cortex, so a per-class curve drawn afterwards renders the bone as one dark region. No labels are
+    used: nothing is painted along a label edge."""
+    b, _, h, w = x.shape
+    dev = x.device
+    xf = x.float().clamp(0, 1)
+    k = torch.tensor([0.25, 0.5, 0.25], device=dev)
+    smooth = F.conv2d(F.pad(xf, (1, 1, 1, 1), mode="replicate"), (k[:, None] * k[None, :])[None, None])
+    smooth = F.max_pool2d(smooth, 3, stride=1, padding=1)  # a bright tissue's edge voxels go with it: no bright rim
+    t = _rand(gen, b, 1, 1, 1, lo=levels[0], hi=levels[1], device=dev)
+    width = _rand(gen, b, 1, 1, 1, lo=0.01, hi=0.04, device=dev)
+    strength = _rand(gen, b, 1, 1, 1, lo=0.8, hi=1.0, device=dev)
+    out = xf * (1 - strength * torch.sigmoid((smooth - t) / width))
+    flat, fg = out.reshape(b, -1), xf.reshape(b, -1) > fg_level
+    n_fg = fg.sum(1).clamp_min(1)
+    ordered = torch.where(fg, flat, torch.full_like(flat, float("inf"))).sort(1).values
+    hi = ordered.gather(1, ((n_fg - 1).float() * 0.995).long()[:, None])
+    hi = torch.where(torch.isfinite(hi), hi, torch.ones_like(hi)).clamp_min(0.05)
+    return (out / hi[:, :, None, None]).clamp(0, 1).to(x.dtype)
 
 
 def random_shallow_conv(x: torch.Tensor, gen: torch.Generator, layers: int = 4, width: int = 2) -> torch.Tensor:

@@ -9,7 +9,7 @@ METHODS = ("gase", "erm", "randcurve")
 SAMPLING_MODES = ("balanced", "foreground")  # how training crops are drawn: gase.training.data.SliceSet.sample
 # What a record (model card, benchmark results) written before a setting existed was trained with. Only for
 # reading such records: a settings file without the key gets the current default.
-LEGACY_DEFAULTS = {"crop_sampling": "foreground", "source_expert": False, "warm_start": False}
+LEGACY_DEFAULTS = {"crop_sampling": "foreground", "source_expert": False, "warm_start": False, "fatsat_prob": 0.0}
 
 
 @dataclass
@@ -59,6 +59,8 @@ class TrainConfig:
                                             # (augment.flatten_luts; fat-suppressed bone is one dark region)
     gin_prob: float = 0.0                   # gase: chance that a curve view is re-rendered by a random shallow conv
                                             # network (augment.random_shallow_conv, GIN)
+    fatsat_prob: float = 0.5                # gase: chance that a curve or synthetic view starts from the image with
+                                            # its brightest tissue suppressed (augment.suppress_bright: fat-sat, STIR)
     syn_fraction: float = 0.5               # synthetic (and mixed) crops per iteration, as a fraction of the batch
     adv_detach: bool = True                 # D's real/fake heads read detached features: the adversarial game
                                             # does not reshape the segmentation features
@@ -80,6 +82,8 @@ class TrainConfig:
             raise InputError("--max-minutes must be positive.")
         if not 0.0 <= self.gin_prob <= 1.0:
             raise InputError("gin_prob is a probability: use a value in [0, 1].")
+        if not 0.0 <= self.fatsat_prob <= 1.0:
+            raise InputError("fatsat_prob is a probability: use a value in [0, 1].")
         if not 0.0 <= self.curve_flatten <= 1.0:
             raise InputError("curve_flatten is a probability: use a value in [0, 1].")
         if not 0.0 < self.syn_fraction <= 1.0:
