@@ -116,10 +116,10 @@ def suppress_bright(x: torch.Tensor, gen: torch.Generator, levels: tuple[float, 
                     fg_level: float = 0.05) -> torch.Tensor:
     """Each image re-rendered as if its brightest tissue had been suppressed, the way fat saturation, water
     excitation or an inversion pulse removes fat (bright on the T1, PD and T2 spin-echo scans a model is
-    usually trained on): where the lightly blurred image (its 3x3 maximum) is above a random level in ``levels`` (a tissue
-    decision, so noise inside one tissue does not speckle), the intensity is scaled down by 80-100%; then the
-    image is rescaled so that its 99.5th foreground percentile (voxels above ``fg_level``) is 1 again, as
-    :class:`gase.preprocess.Normalization` does for a real fat-suppressed scan.
+    usually trained on): where the lightly blurred image (its 3x3 maximum) is above a random level in
+    ``levels`` (a tissue decision, so noise inside one tissue does not speckle), the intensity is scaled
+    down by 80-100%; then the image is rescaled so that its 99.5th foreground percentile (voxels above
+    ``fg_level``) is 1 again, as :class:`gase.preprocess.Normalization` does for a real fat-suppressed scan.
 
     A level between fat and fluid leaves fluid bright in a dark surround (STIR, PD-FS); a lower one also
     darkens fluid (T1-weighted Dixon water images). Inside one label, bright marrow falls to the level of

@@ -50,7 +50,8 @@ from the choice) DESS 0.548 -> 0.606, STIR 0.636 -> 0.718, T2* GRE 0.820 -> 0.83
 (``--set fatsat_prob=0`` for the control; --extra-styles dess stir gre_t2star / t1_gre_opposed t2_3t).
 Then the benchmark (data seed 1, GASE trained anew, the same ERM and peer; ``benchmarks/results/cpu-1000-data1``
 -> ``cpu-1000-data1-fatsat``): knee unseen 0.805 -> 0.839 (PD-FS 0.724 -> 0.817, FLASH-WE 0.716 -> 0.789),
-source 0.873 -> 0.880; pelvis unseen 0.754 -> 0.770 (STIR 0.685 -> 0.726), source 0.853 -> 0.871. ``w_syn_seg`` weighs the synthetic and mixed views in D's segmentation
+source 0.873 -> 0.880; pelvis unseen 0.754 -> 0.770 (STIR 0.685 -> 0.726), source 0.853 -> 0.871.
+``w_syn_seg`` weighs the synthetic and mixed views in D's segmentation
 loss against the real and curve views.
 
 Defaults since 2026-11-28: ``syn_fraction`` 0.5 (synthetic and mixed views for half the crops of the

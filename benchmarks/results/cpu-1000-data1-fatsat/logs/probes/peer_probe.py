@@ -9,18 +9,20 @@ torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[5]
 sys.path.insert(0, str(ROOT))
 from gase.training import loop
-from gase.training.augment import random_curves, suppress_bright
 from benchmarks.dg_probe import probe
 
+_project_curve_view = loop.Trainer._curve_view
+
+
 def _curve_view(self, x, y, flatten):
-    if self.cfg.fatsat_prob <= 0:
-        return random_curves(x, y, self.n_classes, self.gen, flatten_prob=flatten)
-    n, g = x.shape[0], self.gen
-    pick = (torch.rand(n, generator=g) < self.cfg.fatsat_prob).to(x.device)[:, None, None, None]
-    plain = (torch.rand(n, generator=g) < 0.5).to(x.device)[:, None, None, None]
-    x_src = torch.where(pick, suppress_bright(x.clamp(0, 1), g), x)
-    curved = random_curves(x_src, y, self.n_classes, g, flatten_prob=flatten)
-    return torch.where(pick & plain, x_src, curved)
+    """The project's curve view with the fat-suppression views on for the peer too (they are GASE-only there)."""
+    method, self.cfg.method = self.cfg.method, "gase"
+    try:
+        return _project_curve_view(self, x, y, flatten)
+    finally:
+        self.cfg.method = method
+
+
 loop.Trainer._curve_view = _curve_view
 
 anat, fs = sys.argv[1], float(sys.argv[2])
