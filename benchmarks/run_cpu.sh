@@ -8,6 +8,10 @@
 #   TRAIN_SEED=1 ITERATIONS=1000 bash benchmarks/run_cpu.sh [OUT_DIR] # same data, another training seed
 #   DATA_SEED=1 ITERATIONS=1000 bash benchmarks/run_cpu.sh [OUT_DIR]  # other subjects (and training seed 1)
 #   REUSE=1 RETRAIN=gase ITERATIONS=1000 bash benchmarks/run_cpu.sh [OUT_DIR]  # train GASE anew, reuse the rest
+#   FALSE_INVALID=400 ... bash benchmarks/run_cpu.sh [OUT_DIR]  # also count false-invalid calls of each GASE model
+#       on 400 more source-style subjects (benchmarks/false_invalid.py; about 20-30 min per anatomy, side by
+#       side; FALSE_INVALID_FIRST=400 takes subjects 400-799); the targets table then counts them. An existing
+#       OUT_DIR/false_invalid_<anatomy>.json is kept, not recounted: delete it to recount.
 #
 # OUT_DIR (default benchmarks/results/cpu) receives knee/, pelvis/ (each a complete run with its
 # run.log and models/) and the merged results at its top. Same protocol as run_full.sh (6 test subjects
@@ -38,6 +42,25 @@ for pid in "${pids[@]}"; do wait "$pid" || status=1; done
 if [ "$status" -ne 0 ]; then
   echo "a benchmark process failed; see $OUT_DIR/knee/run.log and $OUT_DIR/pelvis/run.log" >&2
   exit 1
+fi
+if [ -n "${FALSE_INVALID:-}" ]; then
+  fpids=()
+  for anatomy in knee pelvis; do
+    f="$OUT_DIR/false_invalid_$anatomy.json"
+    if [ -e "$f" ]; then
+      echo "$f exists: kept, not recounted (delete it to count again for this run's model)" >&2
+      continue
+    fi
+    "$PY" -m benchmarks.false_invalid --model "$OUT_DIR/$anatomy/models/$anatomy-gase" --anatomy "$anatomy" \
+      --data-seed "${DATA_SEED:-0}" --subjects "$FALSE_INVALID" --first "${FALSE_INVALID_FIRST:-0}" --threads 1 \
+      --out "$f" > "$OUT_DIR/$anatomy/false_invalid.log" 2>&1 &
+    fpids+=($!)
+  done
+  for pid in ${fpids[@]+"${fpids[@]}"}; do wait "$pid" || status=1; done
+  if [ "$status" -ne 0 ]; then
+    echo "a false-invalid count failed; see $OUT_DIR/knee/false_invalid.log and $OUT_DIR/pelvis/false_invalid.log" >&2
+    exit 1
+  fi
 fi
 args=()
 if [ "${UPDATE_README:-0}" = 1 ]; then args+=(--update-readme); fi
