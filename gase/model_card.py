@@ -72,7 +72,8 @@ class ModelCard:
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     expected: dict = field(default_factory=dict)
-    # {"largest_component": [label names]}: structures kept as their largest connected part (gase.postprocess)
+    # {"largest_component": [label names], "opening_mm": {label name: mm}}: structures kept as their largest
+    # connected part, then opened by a ball of that radius (gase.postprocess)
     postprocessing: dict = field(default_factory=dict)
     # {"validity": {"threshold": ...}, "confidence_calibration": {...}, "training": {...}, ...}: the segmenter
     # trained on the source style alone, used where its own style manifold finds a scan in that style
@@ -83,6 +84,12 @@ class ModelCard:
     def largest_component_labels(self) -> tuple[LabelInfo, ...]:
         names = set(self.postprocessing.get("largest_component", []))
         return tuple(lab for lab in self.labels if lab.name in names)
+
+    @property
+    def opening_mm(self) -> dict[str, float]:
+        """Label name -> opening radius (mm) of :func:`gase.postprocess.keep_opened_component`, for the labels
+        whose card gives one (models trained before 2026-12-06 give none)."""
+        return {k: float(v) for k, v in self.postprocessing.get("opening_mm", {}).items()}
 
     def to_json(self) -> dict:
         return {
@@ -213,6 +220,11 @@ def parse_card(data: Any, folder: Path | None = None) -> ModelCard:
     if not isinstance(names, list) or not set(names) <= {lab.name for lab in labels}:
         raise ModelError(f"{where}: postprocessing.largest_component must list label names of this model "
                          f"(got {names!r}).")
+    opening = post.get("opening_mm", {})
+    if not isinstance(opening, dict) or not set(opening) <= set(names) or \
+            not all(_number(r) and 0 < r <= 100 for r in opening.values()):
+        raise ModelError(f"{where}: postprocessing.opening_mm must map labels of largest_component to radii in mm "
+                         f"(0-100; got {opening!r}). Re-train the model or remove the entry.")
     expert = data.get("source_expert", {})
     if expert:
         missing = [f for f in EXPERT_FILES.values() if f not in data["files"]]

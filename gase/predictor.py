@@ -37,7 +37,7 @@ from .model_card import EXPERT_FILES, ModelCard, load_card, load_tensors, prefix
 from .nets import SegDiscriminator, StyleEncoder
 from .nets.blocks import channel_stats
 from .orientation import reorientation_for
-from .postprocess import keep_largest_component
+from .postprocess import keep_largest_component, keep_opened_component
 from .preprocess import Normalization, pad_to_multiple, resample_slices, working_size
 from .result import CT_AIR_HU, SegmentationResult, Validity, background_level, fraction_below
 from .validity import StyleManifold, volume_score
@@ -765,9 +765,12 @@ class Predictor:
             stab = self._guarded_stability(self, stab_in)
         voxel_ml = float(np.prod(volume.spacing)) / 1000.0
         foreground_ml = float(counts[1:].sum()) * voxel_ml  # as the network segmented it, before post-processing
-        removed = {}
+        removed, opening = {}, self.card.opening_mm
         for lab in self.card.largest_component_labels:  # learned from the training labels (gase.postprocess)
             n, c = keep_largest_component(labels_out, conf_out, lab.value)
+            if lab.name in opening:  # then what hangs on it by a neck narrower than the learned ball
+                n2, c2 = keep_opened_component(labels_out, conf_out, lab.value, opening[lab.name], volume.spacing[::-1])
+                n, c = n + n2, c + c2
             if n:  # n voxels moved to background, their confidence c became 1 - c. The expected Dice's FN
                 # (the label's probability on voxels not predicted as it) is left as it was: the rule's verdict
                 # is final, so the removed voxels count as neither found nor missed.
@@ -789,6 +792,7 @@ class Predictor:
         extra = {"manifold": manifold_extra}
         if self.card.largest_component_labels:
             extra["postprocessing"] = {"kept_largest_component": [lab.name for lab in self.card.largest_component_labels],
+                                       "opening_mm": opening,
                                        "removed_voxels": removed,
                                        "removed_ml": {k: round(n * voxel_ml, 3) for k, n in removed.items()}}
         if return_probabilities:

@@ -67,7 +67,8 @@ class ReliabilityRow:
     volume_ml: float
     below_percent: float    # % of the structure's voxels with confidence below the threshold; NaN if absent
     removed_ml: float = float("nan")  # volume the post-processing moved to background (parts apart from the
-                                      # structure's largest one); NaN where the model does not post-process it
+                                      # structure's largest one, or hanging on it by a neck); NaN where the
+                                      # model does not post-process it
     stability: float = float("nan")   # how much of the mask survives small contrast and size changes (Dice
                                       # against re-segmented views, gase.predictor.Predictor.stability)
 

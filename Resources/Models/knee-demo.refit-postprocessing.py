@@ -1,0 +1,31 @@
+"""Learn the shipped demo model's post-processing again (0.2.2 -> 0.2.3): the same weights and manifolds, the
+post-processing fitted as training fits it since 2026-12-06 (:func:`gase.postprocess.fit_postprocessing`: the
+single-object labels and, for each, the radius of the opening that cuts off regions hanging on a structure by a
+neck), on the recipe's own phantoms and its own train / validation split (the card's train_cases / val_cases).
+
+    .venv/bin/python Resources/Models/knee-demo.refit-postprocessing.py
+"""
+import sys
+import tempfile
+from pathlib import Path
+
+from gase.cli import main as gase_main
+from gase.labels import ANATOMY_LABELS
+from gase.model_card import default_model_folder, load_card, write_card
+from gase.postprocess import fit_postprocessing
+from gase.training.data import load_pairs
+
+folder = Path(sys.argv[1]) if len(sys.argv) > 1 else default_model_folder()
+card = load_card(folder)
+with tempfile.TemporaryDirectory() as tmp:
+    gase_main(["phantom", "--anatomy", "knee", "--style", "pd_fse", "--subjects", "5", "--seed", "0", "--out", tmp])
+    images = sorted((Path(tmp) / "images").iterdir())
+    labels = sorted((Path(tmp) / "labels").iterdir())
+    pairs = {p[2]: p for p in load_pairs(list(zip(images, labels)), ANATOMY_LABELS["knee"])}
+    used = [pairs[n] for n in (*card.training["train_cases"], *card.training["val_cases"])]
+    before = dict(card.postprocessing)
+    card.postprocessing = fit_postprocessing([(lab, vol.spacing[::-1]) for vol, lab, _ in used], card.labels)
+card.version = "0.2.3"
+write_card(card, folder)
+print(f"{folder}: post-processing {before.get('largest_component')} -> {card.postprocessing['largest_component']}, "
+      f"opening {card.postprocessing['opening_mm']} mm")

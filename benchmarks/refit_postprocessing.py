@@ -1,0 +1,65 @@
+"""Refit the post-processing entry of a benchmark run's model cards from the run's training label maps.
+
+The post-processing (:func:`gase.postprocess.fit_postprocessing`) is learned from the training labels alone,
+not from the networks, so a model trained before a change of that rule can get the new rule without being
+trained again. Every method's card (ERM, the peer, GASE) gets the same entry, as training would have given
+it; then re-evaluate the run (``REUSE=1 bash benchmarks/run_cpu.sh RUN``). Prints each card's old and new
+entry. The networks, their weights and the validity files are not touched.
+
+    python -m benchmarks.refit_postprocessing benchmarks/results/cpu-1000-data1-pp --data-seed 1
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from gase.errors import InputError
+from gase.model_card import load_card, write_card
+from gase.phantoms import SOURCE_STYLE, make_case
+from gase.postprocess import fit_postprocessing
+
+from .data import N_TRAIN, N_VAL, DataSpec, _seeds
+
+
+def training_label_maps(anatomy: str, data_seed: int, scale: float = 1.0) -> list[tuple]:
+    """(labels (K, J, I), voxel size along K, J, I) of the benchmark's training and validation volumes."""
+    spec = DataSpec(anatomy, (), seed=data_seed, scale=scale)
+    maps = []
+    for s in _seeds(spec, "train", N_TRAIN + N_VAL):
+        image, labels = make_case(anatomy, SOURCE_STYLE[anatomy], s, scale=scale)
+        maps.append((labels.array, image.spacing[::-1]))
+    return maps
+
+
+def refit(run: Path, anatomy: str, data_seed: int, scale: float = 1.0) -> dict:
+    folders = sorted(p for p in (run / anatomy / "models").glob("*") if (p / "model.json").is_file())
+    if not folders:
+        raise InputError(f"No model folders under {run / anatomy / 'models'}; give a benchmark run folder.")
+    maps = training_label_maps(anatomy, data_seed, scale)
+    post = None
+    for folder in folders:
+        card = load_card(folder, verify=False)
+        if post is None:
+            post = fit_postprocessing(maps, card.labels)
+        print(f"{folder}:\n  old {json.dumps(card.postprocessing.get('largest_component'))} "
+              f"{json.dumps(card.postprocessing.get('opening_mm'))}\n  new {json.dumps(post['largest_component'])} "
+              f"{json.dumps(post['opening_mm'])}")
+        write_card(dataclasses.replace(card, postprocessing=post), folder)
+    return post  # type: ignore[return-value]
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run", type=Path, help="benchmark run folder (with <anatomy>/models/)")
+    ap.add_argument("--data-seed", type=int, required=True, help="the run's data seed (DATA_SEED of run_cpu.sh)")
+    ap.add_argument("--anatomy", nargs="+", default=["knee", "pelvis"], choices=sorted(SOURCE_STYLE))
+    ap.add_argument("--scale", type=float, default=1.0, help="the run's phantom scale (1 for the full benchmark)")
+    a = ap.parse_args(argv)
+    for anatomy in a.anatomy:
+        refit(a.run, anatomy, a.data_seed, a.scale)
+
+
+if __name__ == "__main__":
+    main()
