@@ -39,7 +39,7 @@ from scipy import ndimage
 # specks allowed): knee femoral cartilage (0.984-0.996) and pelvic bone (0.56) fail it, femur/tibia/bladder pass
 SINGLE_OBJECT_FRACTION = 0.99
 MAX_GRID_VOXELS = 1 << 25  # connected components are labelled on a grid of at most this size (int32: 128 MB)
-OPENING_GRID_VOXELS = 1 << 21  # the opening's distance transforms run on at most this many cells (~50 bytes each)
+OPENING_GRID_VOXELS = 1 << 22  # the opening's distance transforms run on at most this many cells (~50 bytes each)
 # ball radii (mm) tried for the opening of a single-object label, smallest first
 OPENING_RADII_MM = (1.5, 2.0, 3.0, 4.0, 5.0, 6.0)
 
@@ -106,13 +106,23 @@ def keep_largest_component(labels: np.ndarray, confidence: np.ndarray, value: in
     if n <= 1:
         return 0, 0.0
     keep = int(np.argmax(np.bincount(comp.ravel())[1:])) + 1
+    whole = tuple(slice(0, n) for n in labels.shape)
+    return _drop_outside(labels, confidence, value, whole, f, lambda g: comp[g] == keep)
+
+
+def _drop_outside(labels: np.ndarray, confidence: np.ndarray, value: int, box: tuple[slice, ...], f: int,
+                  kept_cells) -> tuple[int, float]:
+    """Set the voxels of ``value`` in ``box`` outside the kept cells to background, in place, slab of f slices
+    by slab; ``kept_cells(g)``: the (J', I') bool cells of coarse slab g (cells of f x f voxels). The
+    confidence of a removed voxel becomes ``1 - c``. Returns (voxels removed, their confidence summed before)."""
+    shape = tuple(b.stop - b.start for b in box)
     removed, conf_removed = 0, 0.0
-    j, i = labels.shape[1:]
-    for g, k in enumerate(range(0, labels.shape[0], f)):
-        slab, conf = labels[k:k + f], confidence[k:k + f]
-        kept = comp[g] == keep
+    for g, k in enumerate(range(box[0].start, box[0].stop, f)):
+        e = min(k + f, box[0].stop)
+        slab, conf = labels[k:e, box[1], box[2]], confidence[k:e, box[1], box[2]]  # views
+        kept = kept_cells(g)
         if f > 1:
-            kept = np.repeat(np.repeat(kept, f, axis=0), f, axis=1)[:j, :i]
+            kept = np.repeat(np.repeat(kept, f, axis=0), f, axis=1)[:shape[1], :shape[2]]
         drop = (slab == value) & ~kept
         if drop.any():
             c = conf[drop]
@@ -222,7 +232,7 @@ def keep_opened_component(labels: np.ndarray, confidence: np.ndarray, value: int
     Works on the structure's bounding box, slab by slab; a box over ``max_grid_voxels`` is coarsened by the
     smallest integer factor f that brings it under (a coarse cell belongs to the structure if any of its
     voxels does; the ball is measured in mm, so only its resolution drops). The distance transforms take
-    about 50 bytes per cell of that grid (measured: 1024 x 1024 x 400, a 335 x 934 x 635 box, 89 MB at its peak)."""
+    about 50 bytes per cell of that grid (measured: 1024 x 1024 x 400, a 335 x 934 x 635 box, 175 MB at its peak)."""
     boxed = _boxed_grid(labels, value, radius_mm, spacing_kji, max_grid_voxels)
     if boxed is None:
         return 0, 0.0
@@ -231,21 +241,7 @@ def keep_opened_component(labels: np.ndarray, confidence: np.ndarray, value: int
     del grid
     if reach is None:
         return 0, 0.0
-    shape = tuple(b.stop - b.start for b in box)
-    ks = range(box[0].start, box[0].stop, f)
-    removed, conf_removed = 0, 0.0
-    for g, k in enumerate(ks):
-        e = min(k + f, box[0].stop)
-        slab, conf = labels[k:e, box[1], box[2]], confidence[k:e, box[1], box[2]]  # views
-        kept = reach[g] if f == 1 else np.repeat(np.repeat(reach[g], f, axis=0), f, axis=1)[:shape[1], :shape[2]]
-        drop = (slab == value) & ~kept
-        if drop.any():
-            c = conf[drop]
-            removed += int(drop.sum())
-            conf_removed += float(c.sum(dtype=np.float64))
-            slab[drop] = 0
-            conf[drop] = 1.0 - c
-    return removed, conf_removed
+    return _drop_outside(labels, confidence, value, box, f, lambda g: reach[g])
 
 
 def fit_postprocessing(label_maps: Sequence[tuple[np.ndarray, Sequence[float]]], table) -> dict:

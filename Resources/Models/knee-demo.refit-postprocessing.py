@@ -6,25 +6,17 @@ neck), on the recipe's own phantoms and its own train / validation split (the ca
     .venv/bin/python Resources/Models/knee-demo.refit-postprocessing.py
 """
 import sys
-import tempfile
 from pathlib import Path
 
-from gase.cli import main as gase_main
-from gase.labels import ANATOMY_LABELS
 from gase.model_card import default_model_folder, load_card, write_card
 from gase.postprocess import fit_postprocessing
-from gase.training.data import load_pairs
+from knee_demo_phantoms import recipe_pairs
 
 folder = Path(sys.argv[1]) if len(sys.argv) > 1 else default_model_folder()
 card = load_card(folder)
-with tempfile.TemporaryDirectory() as tmp:
-    gase_main(["phantom", "--anatomy", "knee", "--style", "pd_fse", "--subjects", "5", "--seed", "0", "--out", tmp])
-    images = sorted((Path(tmp) / "images").iterdir())
-    labels = sorted((Path(tmp) / "labels").iterdir())
-    pairs = {p[2]: p for p in load_pairs(list(zip(images, labels)), ANATOMY_LABELS["knee"])}
-    used = [pairs[n] for n in (*card.training["train_cases"], *card.training["val_cases"])]
-    before = dict(card.postprocessing)
-    card.postprocessing = fit_postprocessing([(lab, vol.spacing[::-1]) for vol, lab, _ in used], card.labels)
+train, val = recipe_pairs(card)
+before = dict(card.postprocessing)
+card.postprocessing = fit_postprocessing([(lab, vol.spacing[::-1]) for vol, lab, _ in [*train, *val]], card.labels)
 card.version = "0.2.3"
 write_card(card, folder)
 print(f"{folder}: post-processing {before.get('largest_component')} -> {card.postprocessing['largest_component']}, "
