@@ -73,6 +73,10 @@ def test_quick_run_metrics_are_in_range(quick_run):
             stab = [r["reliability"]["stability"] for r in test]  # None: nothing segmented, nothing to check
             assert all(v is None or _in(v, 0, 1) for v in stab) and any(v is not None for v in stab)
             assert "stability" in s["confidence"]["volume"]
+            for r in test:  # the quality: the mean of the two, or the one that is known
+                known = [v for v in (r["reliability"]["expected_dice"], r["reliability"]["stability"]) if v is not None]
+                assert r["reliability"]["quality"] == pytest.approx(sum(known) / len(known), abs=1e-5)  # rounded
+            assert _in(s["confidence"]["volume"]["quality"]["spearman"], -1, 1)
             for sc in ("confidence", "msp", "entropy"):
                 v = s["confidence"]["voxel"][sc]
                 assert _in(v["auroc_all"], 0, 1) and _in(v["auroc_near"], 0, 1)
@@ -291,3 +295,24 @@ def test_source_dice_target_counts_gase_above_erm_as_met():
     assert "met: 0.871 vs ERM 0.845" in row(report._targets(res(0.871)))
     assert "met: 0.830 vs ERM 0.845" in row(report._targets(res(0.830)))
     assert "missed: 0.819 vs ERM 0.845" in row(report._targets(res(0.819)))
+
+
+def test_the_quality_of_records_written_before_it_existed_is_computed_for_the_report():
+    """Runs before 6 Dec 2026 recorded the expected Dice and the stability, not their mean: the report
+    recomputes every volume summary from the records, so the quality row appears without re-evaluating."""
+    from benchmarks.summary import refresh_volume_summaries
+
+    dice = [0.5, 0.6, 0.7, 0.8]
+    # the stability ranks the volumes wrongly at the top, the expected Dice at the bottom; their mean is right
+    exp, stab = [0.55, 0.56, 0.75, 0.74], [0.40, 0.62, 0.58, 0.90]
+    recs = [{"group": "unseen", "dice_mean": d, "reliability": {"expected_dice": e, "stability": s}}
+            for d, e, s in zip(dice, exp, stab)]
+    res = {"anatomies": {"knee": {"methods": {"gase": {"summary": {"confidence": {"volume": {}}}, "records": recs}}}}}
+    refresh_volume_summaries(res)
+    vol = res["anatomies"]["knee"]["methods"]["gase"]["summary"]["confidence"]["volume"]
+    assert vol["quality"]["spearman"] == pytest.approx(1.0)
+    assert vol["stability"]["spearman"] == pytest.approx(0.8) and vol["expected_dice"]["spearman"] == pytest.approx(0.8)
+    assert vol["quality"]["aurc"] <= vol["stability"]["aurc"]
+    assert "| Spearman(volume reliability, Dice): quality / stability / expected Dice / mean confidence | >= 0.8 | met: 1.00" \
+        in "\n".join(report._targets({"anatomies": {"knee": {"methods": {"gase": {"summary": {
+            "confidence": {"volume": vol}}, "records": recs}}}}}))

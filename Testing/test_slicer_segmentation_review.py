@@ -145,8 +145,12 @@ def test_reliability_table_and_threshold_changes(shown):
     table = outputs.reliability_table.GetTable()
     assert [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())] == list(RELIABILITY_COLUMNS)
     assert table.GetNumberOfRows() == len(KNEE_LABELS) + 1
-    rows = {table.GetValue(r, 0).ToString(): [table.GetValue(r, c).ToDouble() for c in (1, 2, 3, 4)]
+    rows = {table.GetValue(r, 0).ToString(): [table.GetValue(r, c).ToDouble() for c in (2, 3, 4, 5)]
             for r in range(table.GetNumberOfRows())}
+    quality = {table.GetValue(r, 0).ToString(): table.GetValue(r, 1).ToDouble() for r in range(table.GetNumberOfRows())}
+    assert quality["femur"] == pytest.approx((case.result.expected_dice_per_label["femur"]
+                                              + case.result.stability_per_label["femur"]) / 2, abs=1e-3)
+    assert quality["All structures"] == pytest.approx(case.result.quality_overall, abs=1e-3)
     femur = rows["femur"]
     assert femur[0] == pytest.approx(case.result.expected_dice_per_label["femur"], abs=1e-3)
     assert 0.0 < femur[0] <= 1.0
@@ -159,25 +163,24 @@ def test_reliability_table_and_threshold_changes(shown):
     low = rows["femoral cartilage"][3]
     logic.set_threshold(outputs, 0.6)  # boundaries (0.55) now count as low
     table = outputs.reliability_table.GetTable()
-    rows6 = {table.GetValue(r, 0).ToString(): table.GetValue(r, 4).ToDouble() for r in range(table.GetNumberOfRows())}
+    rows6 = {table.GetValue(r, 0).ToString(): table.GetValue(r, 5).ToDouble() for r in range(table.GetNumberOfRows())}
     assert rows6["femoral cartilage"] > low
     assert outputs.confidence.GetDisplayNode().GetUpperThreshold() == pytest.approx(0.6)
     # the model's own numbers survive the rebuild
-    assert outputs.reliability_table.GetTable().GetValue(0, 1).ToDouble() == pytest.approx(femur[0])
-    assert outputs.reliability_table.GetTable().GetValue(0, 2).ToDouble() == pytest.approx(femur[1])
-    assert outputs.reliability_table.GetTable().GetValue(len(KNEE_LABELS), 1).ToDouble() == pytest.approx(
+    assert outputs.reliability_table.GetTable().GetValue(0, 1).ToDouble() == pytest.approx(quality["femur"])
+    assert outputs.reliability_table.GetTable().GetValue(0, 2).ToDouble() == pytest.approx(femur[0])
+    assert outputs.reliability_table.GetTable().GetValue(0, 3).ToDouble() == pytest.approx(femur[1])
+    assert outputs.reliability_table.GetTable().GetValue(len(KNEE_LABELS), 2).ToDouble() == pytest.approx(
         rows["All structures"][0])
 
 
 def test_reliability_table_shows_the_stability(shown):
     """The last column: the model's stability per structure and overall; it survives a threshold change."""
-    from GASESegmentationLib.tables import RELIABILITY_COLUMNS
-
     scene, logic, input_node, case, outputs, _ = shown
 
     def column():
         t = outputs.reliability_table.GetTable()
-        col = [t.GetColumnName(c) for c in range(t.GetNumberOfColumns())].index(RELIABILITY_COLUMNS[6])
+        col = [t.GetColumnName(c) for c in range(t.GetNumberOfColumns())].index("Stability")
         return {t.GetValue(r, 0).ToString(): t.GetValue(r, col).ToDouble() for r in range(t.GetNumberOfRows())}
 
     stab = column()
@@ -218,8 +221,6 @@ def test_reliability_table_shows_what_the_post_processing_removed(shown):
     empty (NaN) for structures the model does not post-process; it survives a threshold change."""
     import dataclasses
 
-    from GASESegmentationLib.tables import RELIABILITY_COLUMNS
-
     scene, logic, input_node, case, _, _ = shown
     post = {"kept_largest_component": ["femur", "tibia"], "removed_voxels": {"femur": 120},
             "removed_ml": {"femur": 0.216}}
@@ -228,7 +229,7 @@ def test_reliability_table_shows_what_the_post_processing_removed(shown):
 
     def removed_column():
         t = outputs.reliability_table.GetTable()
-        col = [t.GetColumnName(c) for c in range(t.GetNumberOfColumns())].index(RELIABILITY_COLUMNS[5])
+        col = [t.GetColumnName(c) for c in range(t.GetNumberOfColumns())].index("Removed parts (mL)")
         return {t.GetValue(r, 0).ToString(): t.GetValue(r, col).ToDouble() for r in range(t.GetNumberOfRows())}
 
     removed = removed_column()
@@ -241,7 +242,7 @@ def test_reliability_table_shows_what_the_post_processing_removed(shown):
     # a model without post-processing leaves the column empty
     plain = logic.show_result(input_node, case.result, plane="sagittal", threshold=0.5)
     t = plain.reliability_table.GetTable()
-    assert all(np.isnan(t.GetValue(r, 5).ToDouble()) for r in range(t.GetNumberOfRows()))
+    assert all(np.isnan(t.GetValue(r, 6).ToDouble()) for r in range(t.GetNumberOfRows()))
 
 
 def test_a_size_verdict_survives_the_report_and_the_scene(shown):

@@ -12,7 +12,7 @@ def test_valid_and_invalid_texts():
 
     valid = Verdict.from_validity(Validity(True, 1.234, 2.0, np.zeros(3)), reliability=0.871)
     assert valid.headline == "Input valid"
-    assert valid.slice_view_text() == "GASE: input valid\nscore 1.23 <= threshold 2.00, expected Dice 0.87"
+    assert valid.slice_view_text() == "GASE: input valid, quality 0.87\nscore 1.23 <= threshold 2.00, expected Dice 0.87"
     assert valid.hex_color == "#2e9e40"
     invalid = Verdict.from_validity(Validity(False, 3.5, 2.0, np.zeros(3)))
     assert invalid.headline == "Outside the model's competence"
@@ -31,14 +31,15 @@ def test_valid_and_invalid_texts():
 
 
 def test_the_stability_is_shown_next_to_the_expected_dice():
-    """The stability (Spearman with the true Dice 0.84-0.91 on the knee benchmark) is the clinician's second
-    number: in the slice views and the banner for a valid input, never for an invalid one."""
+    """The stability and the expected Dice, and their mean (the quality, the number to rank scans by), are shown
+    in the slice views and the banner for a valid input, never for an invalid one."""
     from GASESegmentationLib.verdict import Verdict
 
     valid = Verdict.from_validity(Validity(True, 1.234, 2.0, np.zeros(3)).with_stability(0.914), reliability=0.871)
-    assert valid.slice_view_text() == ("GASE: input valid\n"
+    assert valid.slice_view_text() == ("GASE: input valid, quality 0.89\n"
                                        "score 1.23 <= threshold 2.00, expected Dice 0.87, stability 0.91")
-    assert "expected Dice 0.87 &nbsp;|&nbsp; stability 0.91" in valid.banner_html()
+    assert "quality 0.89 &nbsp;|&nbsp; expected Dice 0.87 &nbsp;|&nbsp; stability 0.91" in valid.banner_html()
+    assert valid.quality_score == pytest.approx((0.871 + 0.914) / 2)
     # not checked (stability off) or NaN: nothing said
     for stab in (None, float("nan")):
         v = Verdict.from_validity(Validity(True, 1.234, 2.0, np.zeros(3)).with_stability(stab), reliability=0.871)
@@ -48,7 +49,8 @@ def test_the_stability_is_shown_next_to_the_expected_dice():
     report = {"validity": {"valid": True, "score": 1.2, "threshold": 2.0},
               "reliability": {"expected_dice": 0.8, "stability": 0.7}}
     assert Verdict.from_json(report).stability == 0.7 and Verdict.from_json(report).quality == \
-        "expected Dice 0.80, stability 0.70"
+        "quality 0.75, expected Dice 0.80, stability 0.70"
+    assert "quality" not in invalid.slice_view_text() + invalid.banner_html()
 
 
 def test_a_familiar_style_with_far_too_much_anatomy_is_outside_the_competence():

@@ -90,9 +90,27 @@ def test_one_line_summary_names_both_numbers():
 
     res = SegmentationResult.__new__(SegmentationResult)
     res.expected_dice_overall, res.stability_overall = 0.781, 0.9349
-    assert res.quality_text() == "expected Dice 0.78, stability 0.93"
-    res.stability_overall = float("nan")
-    assert res.quality_text() == "expected Dice 0.78, stability n/a"
+    assert res.quality_text() == "quality 0.86 (expected Dice 0.78, stability 0.93)"
+    res.stability_overall = float("nan")  # no stability check: the quality is the expected Dice alone
+    assert res.quality_text() == "quality 0.78 (expected Dice 0.78, stability n/a)"
+    res.expected_dice_overall = float("nan")
+    assert res.quality_text() == ""
+
+
+def test_quality_is_the_mean_of_expected_dice_and_stability_per_label_and_overall():
+    from gase.result import SegmentationResult, quality_score
+
+    assert quality_score(0.7, 0.9) == pytest.approx(0.8)
+    assert quality_score(None, 0.9) == pytest.approx(0.9)
+    assert np.isnan(quality_score(float("nan"), None))
+    res = SegmentationResult.__new__(SegmentationResult)
+    res.expected_dice_overall, res.stability_overall = 0.6, 0.8
+    res.expected_dice_per_label = {"femur": 0.9, "tibia": 0.3}
+    res.stability_per_label = {"femur": 0.7, "cartilage": 0.5}
+    assert res.quality_overall == pytest.approx(0.7)
+    q = res.quality_per_label
+    assert list(q) == ["femur", "tibia", "cartilage"]
+    assert q == pytest.approx({"femur": 0.8, "tibia": 0.3, "cartilage": 0.5})
 
 
 def test_segment_command_prints_and_reports_the_stability(tiny_model, knee_cases, tmp_path, capsys):
@@ -111,9 +129,11 @@ def test_segment_command_prints_and_reports_the_stability(tiny_model, knee_cases
     stab = report["reliability"]["stability"]
     assert 0.0 <= stab <= 1.0 and set(report["reliability"]["stability_per_label"]) == {t.name for t in KNEE_LABELS}
     if report["validity"]["valid"]:
-        assert re.search(rf"expected Dice \d\.\d\d, stability {stab:.2f}", stdout), stdout
+        assert re.search(rf"quality \d\.\d\d \(expected Dice \d\.\d\d, stability {stab:.2f}\)", stdout), stdout
+        assert report["reliability"]["quality"] == pytest.approx((report["reliability"]["expected_dice"] + stab) / 2,
+                                                                 abs=2e-4)
     else:
-        assert "no Dice estimate" in stdout
+        assert "no quality estimate" in stdout
 
 
 def test_a_view_past_the_working_size_limit_is_left_out(tiny_model, knee_cases, one_thread, monkeypatch):

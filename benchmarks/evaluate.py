@@ -103,7 +103,8 @@ def evaluate_model(predictor: Predictor, data: AnatomyData, method: str, panel_k
         v = res.validity
         rec = {"anatomy": case.anatomy, "method": method, "group": case.group, "kind": case.kind,
                "subject": case.subject, "case": case.name, "seconds": round(res.seconds, 3),
-               "reliability": {"expected_dice": res.expected_dice_overall, "stability": res.stability_overall,
+               "reliability": {"quality": res.quality_overall, "expected_dice": res.expected_dice_overall,
+                               "stability": res.stability_overall,
                                "confidence": res.reliability_overall, "msp": _fg_mean(probs["msp"], fg),
                                "entropy": 1.0 - _fg_mean(ent, fg)},
                "validity": validity_record(v)}

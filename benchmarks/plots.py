@@ -113,7 +113,8 @@ def risk_coverage(res: dict, out: Path) -> Path:
     for ax, (name, a) in zip(axes[0], anats.items()):
         m = "gase" if "gase" in a["methods"] else list(a["methods"])[-1]
         vol = a["methods"][m]["summary"]["confidence"]["volume"]
-        styles = {"stability": ("-", METHOD_COLORS.get(m), f"{METHOD_SHORT.get(m, m)} stability"),
+        styles = {"quality": ("-", METHOD_COLORS.get(m), f"{METHOD_SHORT.get(m, m)} quality"),
+                  "stability": ("--", "#c44e52", f"{METHOD_SHORT.get(m, m)} stability"),
                   "expected_dice": ("-", "#937860", f"{METHOD_SHORT.get(m, m)} expected Dice"),
                   "confidence": ("-.", "#8172b3", f"{METHOD_SHORT.get(m, m)} mean confidence"),
                   "msp": ("--", "#4c72b0", "mean max softmax"), "entropy": (":", "#55a868", "1 - mean entropy"),
@@ -121,7 +122,7 @@ def risk_coverage(res: dict, out: Path) -> Path:
         styles = {k: v for k, v in styles.items() if k in vol}
         for k, (ls, c, lab) in styles.items():
             cur = vol[k]["curve"]
-            ax.plot(cur["coverage"], cur["risk"], ls, color=c, lw=2 if k == "stability" else 1.5,
+            ax.plot(cur["coverage"], cur["risk"], ls, color=c, lw=2 if k == "quality" else 1.5,
                     label=f"{lab}: AURC {_fmt(vol[k]['aurc'])}")
         ax.axhline(_n(vol["random"]["aurc"]), color="#999", lw=0.8, ls="-.",
                    label=f"no ranking: {_fmt(vol['random']['aurc'])}")

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from gase.training.config import LEGACY_DEFAULTS
+from .summary import refresh_volume_summaries
 
 BEGIN, END = "<!-- RESULTS:BEGIN -->", "<!-- RESULTS:END -->"
 METHOD_NAMES = {"erm": "ERM U-Net (standard aug.)", "randcurve": "Random intensity curves (peer)", "gase": "GASE"}
@@ -62,10 +63,11 @@ def _targets(res: dict) -> list[str]:
         ("ECE, 15 bins (all voxels / near structures)", "<= 0.05", lambda a: (
             get(a, "gase", "confidence", "voxel", "confidence", "ece_all"),
             get(a, "gase", "confidence", "voxel", "confidence", "ece_near"))),
-        ("Spearman(volume reliability, Dice): stability / expected Dice / mean confidence", ">= 0.8", lambda a: (
-            get(a, "gase", "confidence", "volume", "stability", "spearman"),
-            get(a, "gase", "confidence", "volume", "expected_dice", "spearman"),
-            get(a, "gase", "confidence", "volume", "confidence", "spearman"))),
+        ("Spearman(volume reliability, Dice): quality / stability / expected Dice / mean confidence", ">= 0.8",
+         lambda a: (get(a, "gase", "confidence", "volume", "quality", "spearman"),
+                    get(a, "gase", "confidence", "volume", "stability", "spearman"),
+                    get(a, "gase", "confidence", "volume", "expected_dice", "spearman"),
+                    get(a, "gase", "confidence", "volume", "confidence", "spearman"))),
         ("validity AUROC in vs OOD / false-invalid on source", ">= 0.98 / <= 1%", lambda a: (
             get(a, "gase", "validity", "auroc"), *_false_invalid(res["anatomies"][a]))),
     ]
@@ -76,7 +78,8 @@ def _targets(res: dict) -> list[str]:
         lambda v: (None if not all(map(math.isfinite, v)) else v[0] >= v[1] - 0.02, f"{_f(v[0])} vs ERM {_f(v[1])}"),
         lambda v: (None if not math.isfinite(v[0]) else v[0] >= 0.90, f"{_f(v[0])} / {_f(v[1])}"),
         lambda v: (None if not math.isfinite(v[0]) else v[0] <= 0.05, f"{_f(v[0])} / {_f(v[1])}"),
-        lambda v: (None if not math.isfinite(v[0]) else v[0] >= 0.8, f"{_f(v[0], 2)} / {_f(v[1], 2)} / {_f(v[2], 2)}"),
+        lambda v: (None if not math.isfinite(v[0]) else v[0] >= 0.8,
+                   f"{_f(v[0], 2)} / {_f(v[1], 2)} / {_f(v[2], 2)} / {_f(v[3], 2)}"),
         lambda v: (None if not all(map(math.isfinite, v[:2])) else v[0] >= 0.98 and v[1] <= 0.01,
                    f"{_f(v[0])} / {100 * v[1]:.1f}%" + (f" ({v[2]})" if v[2] else "")),
     ]
@@ -172,7 +175,8 @@ def _confidence(a: dict) -> list[str]:
     label = {"confidence": "confidence head", "msp": "max softmax prob.", "entropy": "entropy"}
     for m, d in a["methods"].items():
         c = d["summary"]["confidence"]
-        for sc, name in (("stability", "stability (volume only)"), ("expected_dice", "expected Dice (volume only)")):
+        for sc, name in (("quality", "quality (volume only)"), ("stability", "stability (volume only)"),
+                         ("expected_dice", "expected Dice (volume only)")):
             if sc in c["volume"]:
                 vol = c["volume"][sc]
                 rows.append([METHOD_NAMES.get(m, m), name, "", "", "", "", _f(vol["spearman"], 2), _f(vol["aurc"], 4)])
@@ -250,7 +254,8 @@ def build_markdown(res: dict, image_prefix: str = "") -> str:
         out += [f"## {name.capitalize()}", "", "Mean Dice per style (test volumes), HD95 medians:", "",
                 *_segmentation(a), "", "Dice per class:", "", *_per_class(a), "",
                 "Confidence (voxels of all test volumes; 'near structures' = predicted or true foreground dilated "
-                "by 2 voxels). Volume reliability = the model's stability (mean over structures of the Dice between "
+                "by 2 voxels). Volume reliability = the model's quality (the mean of the next two: the number "
+                "GASE ranks scans by), its stability (mean over structures of the Dice between "
                 "the mask and the masks predicted under small contrast and size changes, on up to 16 foreground "
                 "slices), its expected Dice (mean over structures of 2T / (N + T + FN): T the confidence summed "
                 "over the N voxels predicted as the structure, FN the structure's softmax probability on the other "
@@ -316,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                     metavar="README", help="rewrite the README's Results section (default: the repository README)")
     args = ap.parse_args(argv)
     res = json.loads((args.results / "results.json").read_text())
+    refresh_volume_summaries(res)  # volume scores defined after the run (the quality) from its records
     for m in attach_false_invalid(res, args.results):
         print(m)
     if args.plots:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .summary import refresh_volume_summaries
 from .report import METHOD_NAMES, ROOT, _f, _table, setting, update_readme
 
 BEGIN, END = "<!-- SEEDS:BEGIN -->", "<!-- SEEDS:END -->"
@@ -32,6 +33,7 @@ SAME = ("seed", "iterations", "batch_size", "crop", "crop_sampling", "scale", "t
 SEG = (("source Dice", ("segmentation", "source", "dice")), ("unseen Dice", ("segmentation", "unseen", "dice")))
 GASE_ONLY = (("failure AUROC", ("confidence", "voxel", "confidence", "auroc_all"), 3),
              ("ECE", ("confidence", "voxel", "confidence", "ece_all"), 3),
+             ("Spearman(quality, Dice)", ("confidence", "volume", "quality", "spearman"), 2),
              ("Spearman(stability, Dice)", ("confidence", "volume", "stability", "spearman"), 2),
              ("Spearman(expected Dice, Dice)", ("confidence", "volume", "expected_dice", "spearman"), 2),
              ("validity AUROC", ("validity", "auroc"), 3),
@@ -164,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         if not path.is_file():
             ap.error(f"{path} does not exist: give results folders of finished benchmark runs")
         runs.append(json.loads(path.read_text()))
+        refresh_volume_summaries(runs[-1])  # the quality of runs written before it existed
     try:
         if args.methods:
             runs = only_methods(runs, args.methods)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from gase.result import quality_score
+
 from .metrics import aurc, ece, failure_auroc, reliability_bins, roc_points, spearman
 
 CONFIDENCE_SCORES = ("confidence", "msp", "entropy")   # the model's confidence head, and two baselines
-# volume reliabilities: the model's stability and expected Dice, then the mean of each voxel score over the
-# predicted foreground
-VOLUME_SCORES = ("stability", "expected_dice", *CONFIDENCE_SCORES)
+# volume reliabilities: the model's quality (the mean of the next two, gase.result.quality_score), stability and
+# expected Dice, then the mean of each voxel score over the predicted foreground
+VOLUME_SCORES = ("quality", "stability", "expected_dice", *CONFIDENCE_SCORES)
 
 
 def _nanmean(x) -> float:
@@ -66,24 +68,51 @@ def confidence_summary(voxels: dict[str, np.ndarray], records: list[dict]) -> di
             d["ece_near"] = ece(c[near], ~wrong[near])
             d["bins_near"] = reliability_bins(c[near], ~wrong[near])
         voxel[score] = d
+    return {"voxel": voxel, "volume": volume_summary(records),
+            "failure_rate_near": float(wrong[near].mean()) if near.any() else float("nan"),
+            "n_voxels": int(len(wrong)), "n_voxels_near": int(near.sum())}
+
+
+def volume_score(record: dict, score: str) -> float | None:
+    """A test record's volume reliability ``score``; None if the record has none. The quality of a record
+    written before it existed (6 Dec 2026) is computed from its expected Dice and stability, as the
+    predictor computes it."""
+    rel = record["reliability"]
+    if score == "quality" and score not in rel and "stability" in rel and "expected_dice" in rel:
+        return quality_score(rel["expected_dice"], rel["stability"])
+    return rel.get(score)
+
+
+def volume_summary(records: list[dict]) -> dict:
+    """Per volume reliability score: Spearman(score, Dice), AURC and the risk-coverage curve of the test
+    volumes (source and unseen styles); the oracle's and a random order's AURC."""
     test = [r for r in records if r["group"] in ("source", "unseen")]
     dice = np.array([r["dice_mean"] for r in test])
     risk = 1.0 - dice
     volume = {}
     for score in VOLUME_SCORES:
-        if not test or any(score not in r["reliability"] for r in test):
+        values = [volume_score(r, score) for r in test]
+        if not test or any(v is None and score not in r["reliability"] for v, r in zip(values, test)):
             continue  # results of an older run (no stability or expected Dice)
-        rel = np.array([np.nan if r["reliability"][score] is None else r["reliability"][score] for r in test],
-                       dtype=np.float64)
+        rel = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
         area, cov, sel = aurc(rel, risk)
         volume[score] = {"spearman": spearman(rel, dice), "aurc": area,
                          "curve": {"coverage": np.round(cov, 4).tolist(), "risk": np.round(sel, 4).tolist()}}
     area, cov, sel = aurc(-risk, risk)
     volume["oracle"] = {"aurc": area, "curve": {"coverage": np.round(cov, 4).tolist(), "risk": np.round(sel, 4).tolist()}}
     volume["random"] = {"aurc": _nanmean(risk)}
-    return {"voxel": voxel, "volume": volume,
-            "failure_rate_near": float(wrong[near].mean()) if near.any() else float("nan"),
-            "n_voxels": int(len(wrong)), "n_voxels_near": int(near.sum())}
+    return volume
+
+
+def refresh_volume_summaries(res: dict) -> None:
+    """Recompute every model's volume-reliability summary of a results dict from its records, in place (a
+    score added after the run, such as the quality, then appears in the report without re-evaluating)."""
+    for a in res["anatomies"].values():
+        for d in a["methods"].values():
+            for part in (d, d.get("other_route") or {}):
+                conf = (part.get("summary") or {}).get("confidence")
+                if conf is not None and part.get("records"):
+                    conf["volume"] = volume_summary(part["records"])
 
 
 def validity_summary(records: list[dict], unseen_styles: list[str]) -> dict:

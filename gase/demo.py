@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import OutputError
-from .result import ct_comparison, inverted_comparison
+from .result import ct_comparison, inverted_comparison, quality_text
 from .validity_map import REFERENCE_LABEL, draw_distance_map
 
 DEMO_UNSEEN_STYLE = "t1_se"
@@ -75,14 +75,12 @@ def render_overview(rows: list[dict], path: Path, title: str) -> Path:
         ax.imshow(lab, cmap=ListedColormap(cmap_lab), interpolation="nearest", vmin=0, vmax=len(cmap_lab) - 1)
         v = row["report"]["validity"]
         ok = v["valid"]
-        dice = row["report"]["reliability"].get("expected_dice")
-        stab = row["report"]["reliability"].get("stability")
-        stab = "" if stab is None else f", stability {stab:.2f}"
+        rel = row["report"]["reliability"]
+        quality = quality_text(rel.get("expected_dice"), rel.get("stability")).replace(" (", "\n(", 1)
         # an input outside the model's competence gets no quality estimate: the model's own would mislead
         expert = (row["report"].get("source_expert") or {}).get("used")
-        ax.set_title(("GASE mask (source expert)" if expert else "GASE mask") + "\n" + (f"expected Dice {dice:.2f}{stab}" if ok and dice is not None else
-                                      "expected Dice: none (input not valid)" if not ok else "expected Dice n/a"),
-                     fontsize=9)
+        ax.set_title(("GASE mask (source expert)" if expert else "GASE mask") + "\n" +
+                     (quality or "quality n/a" if ok else "quality: none (input not valid)"), fontsize=9)
         ax.axis("off")
         ax = fig.add_subplot(gs[r, 2])
         ax.imshow(img, cmap="gray")
@@ -151,7 +149,7 @@ def run_demo(args: argparse.Namespace) -> int:
         result = predictor.predict(volume)
         paths = write_outputs(result, out_dir, case, overwrite=args.overwrite)
         v = result.validity
-        dice = result.quality_text() if v.valid else "no Dice estimate, no stability      "
+        dice = f"{result.quality_text() if v.valid else 'no quality estimate: input not valid':50s}"
         print(f"  {case:22s} {'VALID' if v.valid else 'NOT VALID':9s} score {v.score:7.2f} (threshold {v.threshold:.2f})"
               f"  {dice}  {result.seconds:.1f} s  -> {paths['segmentation'].name}")
         for reason in v.reasons():

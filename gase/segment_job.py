@@ -116,10 +116,11 @@ def segment_cases(args: argparse.Namespace, default=str) -> int:
         if emit:
             emit({"event": "case_done", "case": case, "outputs": {k: str(p) for k, p in paths.items()},
                   "validity": v.to_json(), "reliability": result.reliability_overall,
-                  "expected_dice": result.expected_dice_overall, "stability": result.stability_overall})
+                  "quality": result.quality_overall, "expected_dice": result.expected_dice_overall,
+                  "stability": result.stability_overall})
         else:
             flag = "VALID" if v.valid else "NOT VALID (outside the model's competence)"
-            dice = result.quality_text() if v.valid else "no Dice estimate for an input outside the model's competence"
+            dice = result.quality_text() if v.valid else "no quality estimate for an input outside the model's competence"
             print(f"{case}: {flag}  score {v.score:.2f} / threshold {v.threshold:.2f}  "
                   f"{dice}  ({result.seconds:.1f} s on {result.device})")
             for reason in v.reasons():

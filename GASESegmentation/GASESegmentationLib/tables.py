@@ -13,6 +13,7 @@ import vtk
 
 import slicer
 from gase.labels import LabelInfo
+from gase.result import quality_score
 from gase.volume import Volume
 
 from .results import owned_node
@@ -23,8 +24,8 @@ ROLE_SLICE_CHART = "slice-chart"
 ROLE_SLICE_SERIES_MEAN = "slice-series-mean"
 ROLE_SLICE_SERIES_LOW = "slice-series-low"
 
-RELIABILITY_COLUMNS = ("Structure", "Expected Dice", "Mean confidence", "Volume (mL)", "Below threshold (%)",
-                       "Removed parts (mL)", "Stability")
+RELIABILITY_COLUMNS = ("Structure", "Quality", "Expected Dice", "Mean confidence", "Volume (mL)",
+                       "Below threshold (%)", "Removed parts (mL)", "Stability")
 SLICE_COLUMNS = ("Slice", "Mean confidence", "Fraction below threshold")
 
 
@@ -44,8 +45,7 @@ def model_numbers(table_node) -> tuple[dict[str, float], dict[str, float], dict[
         return dice, conf, removed, stability
     t = table_node.GetTable()
     col = {t.GetColumnName(c): c for c in range(t.GetNumberOfColumns())}
-    dice_col, conf_col, removed_col, stab_col = (RELIABILITY_COLUMNS[1], RELIABILITY_COLUMNS[2], RELIABILITY_COLUMNS[5],
-                                                 RELIABILITY_COLUMNS[6])
+    dice_col, conf_col, removed_col, stab_col = "Expected Dice", "Mean confidence", "Removed parts (mL)", "Stability"
     for r in range(t.GetNumberOfRows()):
         name = t.GetValue(r, 0).ToString()
         if dice_col in col:
@@ -71,6 +71,11 @@ class ReliabilityRow:
                                       # model does not post-process it
     stability: float = float("nan")   # how much of the mask survives small contrast and size changes (Dice
                                       # against re-segmented views, gase.predictor.Predictor.stability)
+
+    @property
+    def quality(self) -> float:
+        """The number to rank by (gase.result.quality_score): mean of the expected Dice and the stability."""
+        return quality_score(self.expected_dice, self.stability)
 
 
 def reliability_rows(labels: Volume, confidence: Volume, label_table: Sequence[LabelInfo],
@@ -132,8 +137,8 @@ def update_reliability_table(input_node, rows: Sequence[ReliabilityRow]):
         numbers.append(column)
     for row in rows:
         names.InsertNextValue(row.structure)
-        for column, value in zip(numbers, (row.expected_dice, row.reliability, row.volume_ml, row.below_percent,
-                                                  row.removed_ml, row.stability)):
+        for column, value in zip(numbers, (row.quality, row.expected_dice, row.reliability, row.volume_ml,
+                                           row.below_percent, row.removed_ml, row.stability)):
             column.InsertNextValue(round(float(value), 3) if np.isfinite(value) else float("nan"))
     node.SetAndObserveTable(table)
     node.SetUseColumnTitleAsColumnHeader(True)

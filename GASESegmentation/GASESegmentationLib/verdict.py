@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 
 from gase.result import (FOREGROUND_LIMIT, STABILITY_FLOOR, Validity, ct_comparison, inverted_comparison,
-                         looks_inverted, looks_like_ct, segmenter_text)
+                         looks_inverted, looks_like_ct, quality_score, segmenter_text)
 from gase.validity_map import INVALID_RGB, VALID_RGB
 
 
@@ -64,11 +64,25 @@ class Verdict:
         return self.stability is None or self.stability >= self.stability_floor
 
     @property
-    def quality(self) -> str:
-        """The model's own quality estimates in words ("expected Dice 0.87, stability 0.91"); empty if unknown."""
+    def quality_score(self) -> float | None:
+        """The number to rank scans by (:func:`gase.result.quality_score`: the mean of the expected Dice and
+        the stability); None if neither is known."""
+        q = quality_score(self.reliability, self.stability)
+        return q if math.isfinite(q) else None
+
+    @property
+    def estimates(self) -> str:
+        """The two estimates the quality comes from ("expected Dice 0.87, stability 0.91"); empty if unknown."""
         parts = ([] if self.reliability is None else [f"expected Dice {self.reliability:.2f}"]) + \
             ([] if self.stability is None else [f"stability {self.stability:.2f}"])
         return ", ".join(parts)
+
+    @property
+    def quality(self) -> str:
+        """The model's own quality estimates in words ("quality 0.89, expected Dice 0.87, stability 0.91");
+        empty if unknown."""
+        q = self.quality_score
+        return ", ".join(t for t in ("" if q is None else f"quality {q:.2f}", self.estimates) if t)
 
     @property
     def size_valid(self) -> bool:
@@ -128,7 +142,8 @@ class Verdict:
     def slice_view_text(self) -> str:
         """Two short lines for the slice views (they must fit a small view of a four-up layout)."""
         if self.valid:
-            return f"GASE: input valid\n{', '.join(t for t in (self.comparison, self.quality) if t)}"
+            q = "" if self.quality_score is None else f", quality {self.quality_score:.2f}"
+            return f"GASE: input valid{q}\n{', '.join(t for t in (self.comparison, self.estimates) if t)}"
         why = (self.modality_comparison if not self.modality_valid else
                self.polarity_comparison if not self.polarity_valid else
                f"score {self.score:.2f} > threshold {self.threshold:.2f}" if self.score > self.threshold else
