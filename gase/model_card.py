@@ -86,6 +86,13 @@ class ModelCard:
         return tuple(lab for lab in self.labels if lab.name in names)
 
     @property
+    def prior_offsets(self) -> dict[str, float]:
+        """Label name -> offset added to the label's logit before the argmax (undoes the class prior of the
+        training crops, see :func:`gase.training.data.sampling_prior_offsets`); empty for models trained before
+        2026-12-06 (no offsets)."""
+        return {k: float(v) for k, v in self.postprocessing.get("prior_offsets", {}).items()}
+
+    @property
     def opening_mm(self) -> dict[str, float]:
         """Label name -> opening radius (mm) of :func:`gase.postprocess.keep_opened_component`, for the labels
         whose card gives one (models trained before 2026-12-06 give none)."""
@@ -225,6 +232,11 @@ def parse_card(data: Any, folder: Path | None = None) -> ModelCard:
             not all(_number(r) and 0 < r <= 100 for r in opening.values()):
         raise ModelError(f"{where}: postprocessing.opening_mm must map labels of largest_component to radii in mm "
                          f"(0-100; got {opening!r}). Re-train the model or remove the entry.")
+    prior = post.get("prior_offsets", {})
+    if not isinstance(prior, dict) or not set(prior) <= {lab.name for lab in labels} or \
+            not all(_number(v) and abs(v) <= 20 for v in prior.values()):
+        raise ModelError(f"{where}: postprocessing.prior_offsets must map label names of this model to logit "
+                         f"offsets (-20 to 20; got {prior!r}). Re-train the model or remove the entry.")
     expert = data.get("source_expert", {})
     if expert:
         missing = [f for f in EXPERT_FILES.values() if f not in data["files"]]

@@ -116,14 +116,22 @@ class SliceModel(torch.nn.Module):
     logits, calibrated confidence and validity features, in a single pass."""
 
     def __init__(self, segmenter: SegDiscriminator, encoder: StyleEncoder, conf_scale: float = 1.0,
-                 conf_bias: float = 0.0):
+                 conf_bias: float = 0.0, logit_offsets: Sequence[float] | None = None):
+        """``logit_offsets`` (one per class, background first; default none): added to the segmenter's logits
+        (the card's ``postprocessing.prior_offsets``). The confidence head reads the logits before them."""
         super().__init__()
         self.segmenter = segmenter
         self.encoder = encoder
         self.register_buffer("conf_affine", torch.tensor([conf_scale, conf_bias], dtype=torch.float32))
+        offsets = torch.zeros(segmenter.seg_head.out_channels) if logit_offsets is None else \
+            torch.tensor(list(logit_offsets), dtype=torch.float32)
+        self.register_buffer("logit_offsets", offsets.reshape(1, -1, 1, 1))
+        self.has_offsets = bool(offsets.abs().sum() > 0)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits, conf_logit, features = segment(self.segmenter, x)
+        if self.has_offsets:
+            logits = logits + self.logit_offsets.to(logits.dtype)
         style = self.encoder(x)
         conf = torch.sigmoid(conf_logit * self.conf_affine[0] + self.conf_affine[1])
         return logits, conf, torch.cat([style, features], dim=1)
@@ -443,7 +451,11 @@ def _load_network(card: ModelCard, weights_file: str, validity_file: str, folder
                          f"({str(exc).splitlines()[0]}). The model folder is inconsistent.") from None
     manifold = _checked_manifold(load_tensors(card, validity_file), enc.style_dim + seg.feature_dim, folder)
     cal = card.confidence_calibration
-    return SliceModel(seg, enc, float(cal.get("scale", 1.0)), float(cal.get("bias", 0.0))), manifold
+    prior = card.prior_offsets
+    offsets = [0.0] * card.n_classes
+    for lab in card.labels:
+        offsets[lab.value] = prior.get(lab.name, 0.0)
+    return SliceModel(seg, enc, float(cal.get("scale", 1.0)), float(cal.get("bias", 0.0)), offsets), manifold
 
 
 class Predictor:

@@ -95,7 +95,7 @@ from .augment import (FeatureStyleMix, diversify_styles, gaussian_cutout, global
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from . import distributed  # [ddp]
-from .data import MIN_TRAIN_VOLUMES, SliceSet
+from .data import MIN_TRAIN_VOLUMES, SliceSet, sampling_prior_offsets
 from .validity_fit import fit_validity, refit_validity
 from .losses import confidence_loss, d_hinge, diversity_loss, g_hinge, make_seg_loss, view_consistency
 
@@ -503,9 +503,31 @@ def train(train_pairs: Sequence[tuple[Volume, np.ndarray, str]], val_pairs: Sequ
     if "postprocessing" not in extra_card:
         extra_card["postprocessing"] = fit_postprocessing(
             [(lab, vol.spacing[::-1]) for vol, lab, _ in [*train_pairs, *val_pairs]], table)
+        extra_card["postprocessing"].update(prior_entry(train_set, table, cfg.crop, cfg.crop_sampling))
     return _export(trainer, train_set, val_set, val_pairs, table, out_dir, cfg, anatomy=anatomy, plane=plane,
                    spacing=spacing, norm=norm, name=name, title=title, emit=emit, extra_card=extra_card,
                    foreground_ml=largest_foreground_ml([*train_pairs, *val_pairs]))
+
+
+def prior_entry(train_set: SliceSet, table: Sequence[LabelInfo], crop: int, mode: str) -> dict:
+    """The card's ``postprocessing.prior_offsets`` (label name -> logit offset) undoing the crop sampling's
+    class prior (:func:`gase.training.data.sampling_prior_offsets`), with the rule in words."""
+    offsets = sampling_prior_offsets(train_set, crop, mode)
+    return {"prior_offsets": {t.name: offsets.get(t.value, 0.0) for t in table},
+            "prior_rule": f"logits + log(p_slices / p_crops) per label, relative to the background: the class shares of "
+                          f"the training slices against those of {mode} {crop}-pixel training crops"}
+
+
+def card_prior_entry(card: ModelCard, train_pairs: Sequence[tuple[Volume, np.ndarray, str]]) -> dict:
+    """:func:`prior_entry` for a trained model from its card (plane, spacing, normalisation, and the crop size
+    and sampling its training used) and its training pairs: for models trained before the offsets existed."""
+    from .config import LEGACY_DEFAULTS
+
+    config = (card.training or {}).get("config", {})
+    crop = int(config.get("crop", TrainConfig().crop))
+    mode = str(config.get("crop_sampling", LEGACY_DEFAULTS.get("crop_sampling", TrainConfig().crop_sampling)))
+    slices = SliceSet.build(train_pairs, card.plane, card.input_spacing_mm, Normalization.from_json(card.normalization))
+    return prior_entry(slices, card.labels, crop, mode)
 
 
 def _init_segmenter(trainer: Trainer, folder: Path) -> None:
