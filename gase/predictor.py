@@ -109,6 +109,9 @@ class SliceOutputs:
     msp: torch.Tensor         # (B, H, W) float32 max softmax probability (the predicted label's)
     prob_sums: torch.Tensor   # (K,) float64 softmax probability of each class summed over the batch's voxels
     entropy: torch.Tensor | None = None  # (B, H, W) float32 predictive entropy, nats (keep_probs only)
+    # with prior offsets: the foreground voxels of the network's own argmax, before the offsets (counted at the
+    # model spacing, scaled to the slices' size; float64 scalar); None without offsets (= the labels' count)
+    raw_foreground: torch.Tensor | None = None
 
 
 class SliceModel(torch.nn.Module):
@@ -117,8 +120,9 @@ class SliceModel(torch.nn.Module):
 
     def __init__(self, segmenter: SegDiscriminator, encoder: StyleEncoder, conf_scale: float = 1.0,
                  conf_bias: float = 0.0, logit_offsets: Sequence[float] | None = None):
-        """``logit_offsets`` (one per class, background first; default none): added to the segmenter's logits
-        (the card's ``postprocessing.prior_offsets``). The confidence head reads the logits before them."""
+        """``logit_offsets`` (one per class, background first; default none): the card's
+        ``postprocessing.prior_offsets``, which :func:`run_slices` adds to the logits this module returns (the
+        confidence head reads the logits before them)."""
         super().__init__()
         self.segmenter = segmenter
         self.encoder = encoder
@@ -130,8 +134,6 @@ class SliceModel(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits, conf_logit, features = segment(self.segmenter, x)
-        if self.has_offsets:
-            logits = logits + self.logit_offsets.to(logits.dtype)
         style = self.encoder(x)
         conf = torch.sigmoid(conf_logit * self.conf_affine[0] + self.conf_affine[1])
         return logits, conf, torch.cat([style, features], dim=1)
@@ -199,8 +201,11 @@ def checked_working_size(hw: tuple[int, int], spacing_hw: tuple[float, float],
 
 def run_slices(model: SliceModel, x: torch.Tensor, spacing_hw: tuple[float, float], model_spacing: float,
                divisor: int, amp: bool, keep_probs: bool = False, *, channels_last: bool | None = None,
-               fixed_batch: int | None = None) -> SliceOutputs:
+               fixed_batch: int | None = None, offsets: torch.Tensor | None = None) -> SliceOutputs:
     """Normalised canonical slices (B, 1, H, W) on the model's device -> :class:`SliceOutputs` on that device.
+
+    ``offsets`` (1, K, 1, 1): the prior offsets (:attr:`SliceModel.logit_offsets`), added to the logits before
+    the softmax; the labels, probabilities and expected Dice follow them, the confidence head does not.
 
     ``keep_probs`` also returns the softmax entropy (a baseline for the confidence, for benchmarks).
     ``channels_last`` (default: on CUDA) must match the model's memory format; ``fixed_batch`` pads the
@@ -217,9 +222,13 @@ def run_slices(model: SliceModel, x: torch.Tensor, spacing_hw: tuple[float, floa
         xp = xp.contiguous(memory_format=torch.channels_last)
     with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=amp):
         logits, conf, feats = model(xp)
-    logits, feats = logits[:n, :, : size[0], : size[1]], feats[:n]
+    logits, feats = logits[:n, :, : size[0], : size[1]].float(), feats[:n]
     conf = conf[:n, :, : size[0], : size[1]].float()
-    probs = torch.softmax(logits.float(), dim=1)  # also needed for the expected Dice (class probability sums)
+    raw_fg = None
+    if offsets is not None:  # the size check reads the network's own foreground (see Predictor._validity)
+        raw_fg = (logits.argmax(1) != 0).sum(dtype=torch.float64) * (h * w / (size[0] * size[1]))
+        logits = logits + offsets.to(logits.device)
+    probs = torch.softmax(logits, dim=1)  # also needed for the expected Dice (class probability sums)
     if tuple(size) != (h, w):
         probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
         conf = F.interpolate(conf, size=(h, w), mode="bilinear", align_corners=False)
@@ -228,7 +237,7 @@ def run_slices(model: SliceModel, x: torch.Tensor, spacing_hw: tuple[float, floa
     conf = conf[:, 0].clamp_(0, 1)
     prob_sums = probs.sum(dim=(0, 2, 3), dtype=torch.float64)
     entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(1) if keep_probs else None
-    return SliceOutputs(labels, conf, feats.float(), top.values, prob_sums, entropy)
+    return SliceOutputs(labels, conf, feats.float(), top.values, prob_sums, entropy, raw_fg)
 
 
 def slice_features(model: SliceModel, x: torch.Tensor, spacing_hw: tuple[float, float], model_spacing: float,
@@ -343,6 +352,7 @@ class _BatchStats:
     def __init__(self, n_classes: int):
         self.n = n_classes
         self.items: list[tuple] = []
+        self.raw_foreground: list[torch.Tensor] = []
 
     def add(self, out: SliceOutputs, x: torch.Tensor, nonfinite: torch.Tensor | None) -> None:
         """``x``: the batch's normalised slices (B, 1, H, W). Appends only once everything is computed, so an
@@ -359,6 +369,15 @@ class _BatchStats:
         content = (x > CONTENT_LEVEL).flatten(1).sum(1) > CONTENT_FRACTION * x.shape[-2] * x.shape[-1]
         self.items.append((counts, torch.cat([sums, out.prob_sums[None, : self.n]]), out.features, content,
                            nonfinite))
+        if out.raw_foreground is not None:
+            self.raw_foreground.append(out.raw_foreground)
+
+    def network_foreground(self, counts: np.ndarray) -> float:
+        """Foreground voxels as the network segmented them: before the prior offsets when the model has them
+        (then estimated at the model spacing), else the labels' own count (``counts`` of :meth:`result`)."""
+        if self.raw_foreground:
+            return float(sum(float(v) for v in self.raw_foreground))
+        return float(counts[1:].sum())
 
     def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
         """(counts (K,) int64; sums (3, K) float64: confidence and predicted-label probability summed per
@@ -484,6 +503,11 @@ class Predictor:
         self.expert: Predictor | None = None
         self.route = "auto"  # with an expert: one of ROUTES (see predict)
 
+    @property
+    def offsets(self) -> torch.Tensor | None:
+        """The model's prior offsets (1, K, 1, 1) on its device for :func:`run_slices`; None without any."""
+        return self.model.logit_offsets if self.model.has_offsets else None
+
     def batch_for(self, hw: tuple[int, int], size: tuple[int, int]) -> int:
         """Slices per batch for slices of ``hw`` pixels (``size`` at the model spacing): ``batch_size``,
         lowered for large slices so that a batch's memory stays bounded (see :data:`MAX_BATCH_PIXELS`)."""
@@ -593,7 +617,8 @@ class Predictor:
                     if kind == "gamma":
                         x = x.clamp(min=0) ** amount
                     out = run_slices(self._forward, x, sp, model_spacing, divisor, self.amp,
-                                     channels_last=self.channels_last, fixed_batch=chunk if self.compiled else None)
+                                     channels_last=self.channels_last, fixed_batch=chunk if self.compiled else None,
+                                     offsets=self.offsets)
                     base = torch.from_numpy(np.ascontiguousarray(lab)).to(self.device).long().reshape(-1)
                     codes = base * n_classes + out.labels.reshape(-1).long()
                     confusion[v] += torch.bincount(codes, minlength=n_classes * n_classes).cpu()
@@ -736,7 +761,7 @@ class Predictor:
                     x, nonfinite = self._to_device(canon[s:e], lo, hi)
                     out = run_slices(self._forward, x, spacing_hw, self.card.input_spacing_mm, divisor, self.amp,
                                      keep_probs=return_probabilities, channels_last=self.channels_last,
-                                     fixed_batch=batch if self.compiled else None)
+                                     fixed_batch=batch if self.compiled else None, offsets=self.offsets)
                     stats.add(out, x, nonfinite)
             except torch.cuda.OutOfMemoryError:
                 x = out = nonfinite = None
@@ -776,7 +801,9 @@ class Predictor:
             progress(s / n_slices, "checking stability")
             stab = self._guarded_stability(self, stab_in)
         voxel_ml = float(np.prod(volume.spacing)) / 1000.0
-        foreground_ml = float(counts[1:].sum()) * voxel_ml  # as the network segmented it, before post-processing
+        # as the network segmented it: before the prior offsets and the post-processing (the size check's limit
+        # was set on such masks; the offsets shrink what a model paints on another anatomy)
+        foreground_ml = stats.network_foreground(counts) * voxel_ml
         removed, opening = {}, self.card.opening_mm
         for lab in self.card.largest_component_labels:  # learned from the training labels (gase.postprocess)
             n, c = keep_largest_component(labels_out, conf_out, lab.value)

@@ -187,8 +187,8 @@ def sampling_prior_offsets(slices: SliceSet, crop: int, mode: str = "balanced", 
         crops += torch.bincount(y.flatten(), minlength=n).double()[:n]
     p_whole, p_crops = whole / whole.sum(), crops / crops.sum()
     ok = (p_whole > 0) & (p_crops > 0)
-    ratio = torch.where(ok, torch.log(p_whole.clamp_min(1e-12) / p_crops.clamp_min(1e-12)), torch.zeros_like(p_whole))
-    return {v: round(float(ratio[v] - ratio[0]), 4) for v in range(1, n)}
+    ratio = torch.log(p_whole.clamp_min(1e-12) / p_crops.clamp_min(1e-12))
+    return {v: round(float(ratio[v] - ratio[0]), 4) if bool(ok[v] and ok[0]) else 0.0 for v in range(1, n)}
 
 
 def _crop(a: torch.Tensor, cy: int, cx: int, crop: int) -> torch.Tensor:
