@@ -48,7 +48,7 @@ def _reference(predictor: Predictor, volume: Volume) -> dict:
             xp = resample_slices(x, size)
             ph, pw = (-size[0]) % model.segmenter.divisor, (-size[1]) % model.segmenter.divisor
             logits, c, f = model(torch.nn.functional.pad(xp, (0, pw, 0, ph)))
-            probs = torch.softmax(logits[..., : size[0], : size[1]], 1)
+            probs = torch.softmax(logits[..., : size[0], : size[1]] + model.logit_offsets, 1)  # the prior offsets
             c = c[..., : size[0], : size[1]]
             if tuple(size) != (h, w):
                 probs = torch.nn.functional.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)

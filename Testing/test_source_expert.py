@@ -140,7 +140,9 @@ def test_routing_uses_the_expert_only_on_scans_it_accepts(tiny_model, knee_cases
     assert res.stability_per_label == pytest.approx(chosen.stability_per_label, nan_ok=True)
     # the validity verdict is always the GASE segmenter's (the encoder-only pass gives the same features)
     assert res.validity.score == pytest.approx(gase.validity.score, rel=1e-4)
-    assert res.validity.valid == gase.validity.valid
+    # (its style and size checks; the stability check reads the mask the chosen network made)
+    assert res.validity.style_valid == gase.validity.style_valid and res.validity.size_valid == gase.validity.size_valid
+    assert res.validity.stability == pytest.approx(chosen.stability_overall, nan_ok=True)
     np.testing.assert_allclose(res.validity.embedding_2d, gase.validity.embedding_2d, atol=1e-3)
     assert res.model_name == gase.model_name
     report = res.report()

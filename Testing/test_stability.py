@@ -44,7 +44,7 @@ def test_stability_matches_a_direct_computation(tiny_model, knee_cases, one_thre
         for kind, amount in STABILITY_VIEWS:
             xv, spv = (x.clamp(min=0) ** amount, sp) if kind == "gamma" else (x, (sp[0] * amount, sp[1] * amount))
             out = run_slices(predictor.model, xv, spv, predictor.card.input_spacing_mm,
-                             predictor.model.segmenter.divisor, False)
+                             predictor.model.segmenter.divisor, False, offsets=predictor.offsets)
             per_view.append(_dice_per_label(base[fg], out.labels.numpy()))
     for lab in KNEE_LABELS:
         vals = [d[lab.value] for d in per_view]
