@@ -52,7 +52,7 @@ def test_predictor_sums_match_a_whole_volume_computation(tiny_model, knee_cases,
         xr = resample_slices(x, size)
         xp, _ = pad_to_multiple(xr, predictor.model.segmenter.divisor)
         logits, conf, _ = predictor.model(xp)
-        probs = torch.softmax(logits[:, :, : size[0], : size[1]].float(), 1)
+        probs = torch.softmax(logits[:, :, : size[0], : size[1]].float() + predictor.model.logit_offsets, 1)  # prior
         conf = conf[:, :, : size[0], : size[1]].float()
         if tuple(size) != tuple(canon.shape[1:]):
             probs = torch.nn.functional.interpolate(probs, size=canon.shape[1:], mode="bilinear", align_corners=False)
