@@ -41,3 +41,12 @@ def test_false_invalid_not_counted_unless_asked_and_an_existing_count_is_kept(tm
     counts = [c for c in calls if c.startswith("-m benchmarks.false_invalid")]
     assert len(counts) == 1 and "--anatomy knee" in counts[0] and "--data-seed 0" in counts[0]
     assert kept.read_text() == '{"earlier": true}' and "false_invalid_pelvis.json exists: kept" in err
+
+
+def test_context_and_one_anatomy_reach_the_benchmark_and_the_merge(tmp_path):
+    calls, _ = _run(tmp_path, CONTEXT="3", CONTEXT_MM="8", ANATOMIES="pelvis", METHODS="erm gase")
+    runs = [c for c in calls if c.startswith("-m benchmarks.dg_benchmark")]
+    out = tmp_path / "out"
+    assert len(runs) == 1 and "--anatomy pelvis --methods erm gase --device cpu" in runs[0]
+    assert runs[0].endswith("--context-slices 3 --context-mm 8")
+    assert calls[-1].startswith(f"-m benchmarks.merge {out} {out}/pelvis --machine")

@@ -127,6 +127,17 @@ def test_checkpoint_every_must_be_positive(cases, tmp_path, capsys):
     assert "--checkpoint-every" in _error(capsys)
 
 
+def test_context_slices_must_be_odd_and_reach_the_config(cases, tmp_path, capsys):
+    from gase.cli import build_parser
+    from gase.training.run import build_config
+
+    images, labels = _folders(tmp_path, cases["knee"][:3])
+    assert main(_train(tmp_path, images, labels, "--context-slices", "2")) == EXIT_USER_ERROR
+    assert "context_slices must be an odd number" in _error(capsys)
+    args = build_parser().parse_args(_train(tmp_path, images, labels, "--context-slices", "3"))
+    assert build_config(args).context_slices == 3
+
+
 def test_stop_file_stops_with_a_checkpoint_and_exit_code_3(cases, tmp_path, capsys):
     import torch
 

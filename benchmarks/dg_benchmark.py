@@ -64,6 +64,8 @@ class BenchConfig:
     overwrite: bool = False
     reuse_models: bool = False
     retrain: tuple[str, ...] = ()  # with reuse_models: these methods are trained anew, the others reused
+    context_slices: int = 1  # every method's segmenter reads this many slices (gase.context; 1: 2D)
+    context_mm: float | None = None  # their distance (default: the training scans' slice spacing)
     wall: dict = field(default_factory=dict)
 
 
@@ -96,10 +98,11 @@ def probe_seconds_per_iteration(pairs, table, plane: str, train_cfg, steps: int 
     from gase.orientation import reorientation_for
     from gase.preprocess import Normalization
     from gase.training.data import SliceSet
-    from gase.training.loop import Trainer
+    from gase.training.loop import Trainer, training_context
 
     spacing = float(np.median([s for img, _, _ in pairs for s in reorientation_for(img, plane).spacing[1:]]))
-    sset = SliceSet.build(pairs, plane, spacing, Normalization())
+    sset = SliceSet.build(pairs, plane, spacing, Normalization(),
+                          training_context(train_cfg, [img for img, _, _ in pairs], plane))
     trainer = Trainer(train_cfg, table, max(t.value for t in table) + 1)
     sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
@@ -144,7 +147,8 @@ def run(cfg: BenchConfig) -> dict:
     def train_cfg(method: str, iterations: int, max_minutes: float | None = None) -> TrainConfig:
         return TrainConfig(method=method, iterations=iterations, batch_size=cfg.batch_size, crop=cfg.crop,
                            device=device, seed=cfg.train_seed, val_every=max(50, iterations // 4),
-                           checkpoint_every=iterations, max_minutes=max_minutes).validate()
+                           checkpoint_every=iterations, max_minutes=max_minutes,
+                           context_slices=cfg.context_slices, context_mm=cfg.context_mm).validate()
 
     reused = {}  # --reuse-models: the earlier run's training records, checked before rendering anything
     if cfg.reuse_models:
@@ -277,7 +281,7 @@ def other_route(folder: Path, device: str, data, entry: dict, pool) -> dict | No
             "records": ev.records}
 
 
-REUSE_KEYS = ("method", "iterations", "batch_size", "crop", "seed", "crop_sampling")
+REUSE_KEYS = ("method", "iterations", "batch_size", "crop", "seed", "crop_sampling", "context_slices", "context_mm")
 
 
 def reused_training(folder: Path, want: TrainConfig) -> dict:
@@ -371,6 +375,7 @@ def _meta(cfg: BenchConfig, device: str, iterations: int, per_it: dict, trained:
             "batch_size": cfg.batch_size, "crop": cfg.crop, "scale": cfg.scale, "test_subjects": cfg.test_subjects,
             "ood_subjects": cfg.ood_subjects, "seed": cfg.seed,
             "train_seed": cfg.train_seed, "crop_sampling": TrainConfig().crop_sampling,
+            "context_slices": cfg.context_slices, "context_mm": cfg.context_mm,
             "train_seconds_budget": cfg.train_seconds,
             "probe_seconds_per_iteration": {k: round(v, 5) for k, v in per_it.items()}, "training": trained,
             "command": " ".join(sys.argv)}
@@ -430,7 +435,15 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     ap.add_argument("--retrain", nargs="+", default=[], choices=["erm", "randcurve", "gase"], metavar="METHOD",
                     help="with --reuse-models: train these methods anew (their earlier models are replaced) and "
                          "reuse the others; e.g. after a change to GASE's training")
+    ap.add_argument("--context-slices", type=int, default=1, metavar="N",
+                    help="every method's segmenter reads the slice and its neighbours, N slices in all (odd; "
+                         "default 1: the slice alone); see gase.context")
+    ap.add_argument("--context-mm", type=float, default=None, metavar="MM",
+                    help="with --context-slices: the distance between the slices read (default: the training scans' "
+                         "slice spacing)")
     a = ap.parse_args(argv)
+    if a.context_slices < 1 or a.context_slices % 2 == 0:
+        ap.error("--context-slices must be an odd number (1: the slice alone)")
     if a.retrain and not a.reuse_models:
         ap.error("--retrain goes with --reuse-models (without it every method is trained)")
     q = QUICK if a.quick else {}
@@ -445,7 +458,8 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
                       workers=pick(a.workers, "workers", 0 if a.quick else default_workers()), seed=a.seed,
                       train_seed=a.seed if a.train_seed is None else a.train_seed,
                       threads=a.threads, update_readme=a.update_readme, models_dir=a.models_dir,
-                      overwrite=a.overwrite, reuse_models=a.reuse_models, retrain=tuple(a.retrain))
+                      overwrite=a.overwrite, reuse_models=a.reuse_models, retrain=tuple(a.retrain),
+                      context_slices=a.context_slices, context_mm=a.context_mm)
     if cfg.reuse_models and cfg.train_seconds:
         ap.error("--reuse-models evaluates models trained earlier: give their --iterations, not --train-seconds")
     if cfg.test_subjects < 2 or cfg.ood_subjects < 1:

@@ -29,7 +29,7 @@ def probe(method: str, iterations: int, overrides: dict, anatomy: str = "knee", 
     from gase.preprocess import Normalization
     from gase.training.config import TrainConfig
     from gase.training.data import SliceSet
-    from gase.training.loop import Trainer
+    from gase.training.loop import Trainer, inflate_input, training_context
     from gase.training.run import DEFAULT_PLANE
 
     from .data import DEFAULT_UNSEEN
@@ -42,14 +42,16 @@ def probe(method: str, iterations: int, overrides: dict, anatomy: str = "knee", 
         image, labels = make_case(anatomy, source, subject_seed(100 * data_seed + 1, i))
         pairs.append((image, labels.array.astype(np.uint8), f"train{i}"))
     spacing = float(np.median([s for im, _, _ in pairs for s in reorientation_for(im, plane).spacing[1:]]))
-    train_set = SliceSet.build(pairs, plane, spacing, norm)
     cfg = TrainConfig.from_json({"method": method, "iterations": iterations, "device": "cpu", **overrides})
+    context = training_context(cfg, [p[0] for p in pairs], plane)
+    train_set = SliceSet.build(pairs, plane, spacing, norm, context)
     table = ANATOMY_LABELS[anatomy]
     trainer = Trainer(cfg, table, max(t.value for t in table) + 1)
     if init is not None:  # fine-tune: the networks of a training checkpoint, fresh optimisers and schedule
         sd = torch.load(init, map_location="cpu", weights_only=False)
-        for name in ("seg", "enc", "G", "M"):
-            getattr(trainer, name).load_state_dict(sd[name])
+        for name in ("seg", "enc", "G", "M"):  # a 2D segmenter is inflated to the context (zero neighbour weights)
+            getattr(trainer, name).load_state_dict(inflate_input(sd[name], cfg.context_slices) if name == "seg"
+                                                   else sd[name])
     t0 = time.perf_counter()
     for _ in range(iterations):
         trainer.step(*train_set.sample(trainer.gen, cfg.batch_size, cfg.crop, mode=cfg.crop_sampling))
@@ -65,7 +67,7 @@ def probe(method: str, iterations: int, overrides: dict, anatomy: str = "knee", 
             image, labels = make_case(anatomy, style, subject_seed(stream, i))
             cases.append((image, labels.array.astype(np.uint8), f"{style}{i}"))
         out["dice"][style] = {k: round(v, 3) for k, v in trainer.dice_on(SliceSet.build(cases, plane, spacing,
-                                                                                        norm)).items()}
+                                                                                        norm, context)).items()}
     out["source_mean"] = out["dice"][source]["mean"]
     out["unseen_mean"] = round(float(np.mean([out["dice"][s]["mean"] for s in unseen])), 3)
     if extra_styles:

@@ -8,6 +8,10 @@
 #   TRAIN_SEED=1 ITERATIONS=1000 bash benchmarks/run_cpu.sh [OUT_DIR] # same data, another training seed
 #   DATA_SEED=1 ITERATIONS=1000 bash benchmarks/run_cpu.sh [OUT_DIR]  # other subjects (and training seed 1)
 #   REUSE=1 RETRAIN=gase ITERATIONS=1000 bash benchmarks/run_cpu.sh [OUT_DIR]  # train GASE anew, reuse the rest
+#   CONTEXT=3 ITERATIONS=1000 bash benchmarks/run_cpu.sh [OUT_DIR]  # every method reads 3 slices (gase.context),
+#       CONTEXT_MM=8 of them 8 mm apart (default: the training scans' slice spacing)
+#   METHODS="erm gase" ... bash benchmarks/run_cpu.sh [OUT_DIR]    # some methods (default: erm randcurve gase)
+#   ANATOMIES=pelvis ... bash benchmarks/run_cpu.sh [OUT_DIR]      # one anatomy (default: knee pelvis)
 #   FALSE_INVALID=400 ... bash benchmarks/run_cpu.sh [OUT_DIR]  # also count false-invalid calls of each GASE model
 #       on 400 more source-style subjects (benchmarks/false_invalid.py; about 20-30 min per anatomy, side by
 #       side; FALSE_INVALID_FIRST=400 takes subjects 400-799); the targets table then counts them. An existing
@@ -29,11 +33,15 @@ if [ "${REUSE:-0}" = 1 ]; then extra+=(--reuse-models); fi
 if [ -n "${RETRAIN:-}" ]; then extra+=(--retrain $RETRAIN); fi  # with REUSE=1: train these methods anew
 if [ -n "${TRAIN_SEED:-}" ]; then extra+=(--train-seed "$TRAIN_SEED"); fi
 if [ -n "${DATA_SEED:-}" ]; then extra+=(--seed "$DATA_SEED"); fi
+if [ -n "${CONTEXT:-}" ]; then extra+=(--context-slices "$CONTEXT"); fi
+if [ -n "${CONTEXT_MM:-}" ]; then extra+=(--context-mm "$CONTEXT_MM"); fi
+read -r -a methods <<< "${METHODS:-erm randcurve gase}"
+read -r -a anatomies <<< "${ANATOMIES:-knee pelvis}"
 pids=()
-for anatomy in knee pelvis; do
+for anatomy in "${anatomies[@]}"; do
   mkdir -p "$OUT_DIR/$anatomy"
   "$PY" -m benchmarks.dg_benchmark --out "$OUT_DIR/$anatomy" --anatomy "$anatomy" \
-    --methods erm randcurve gase --device cpu --iterations "$ITERATIONS" --threads 1 --workers 0 \
+    --methods "${methods[@]}" --device cpu --iterations "$ITERATIONS" --threads 1 --workers 0 \
     --test-subjects 6 --ood-subjects 3 --overwrite "${extra[@]}" > "$OUT_DIR/$anatomy/run.log" 2>&1 &
   pids+=($!)
 done
@@ -45,7 +53,7 @@ if [ "$status" -ne 0 ]; then
 fi
 if [ -n "${FALSE_INVALID:-}" ]; then
   fpids=()
-  for anatomy in knee pelvis; do
+  for anatomy in "${anatomies[@]}"; do
     f="$OUT_DIR/false_invalid_$anatomy.json"
     if [ -e "$f" ]; then
       echo "$f exists: kept, not recounted (delete it to count again for this run's model)" >&2
@@ -66,4 +74,6 @@ args=()
 if [ "${UPDATE_README:-0}" = 1 ]; then args+=(--update-readme); fi
 # (nproc would count OMP_NUM_THREADS, exported above, instead of the cores)
 machine="CPU ($(uname -m), $(getconf _NPROCESSORS_ONLN) cores): knee and pelvis side by side, one process and 1 torch thread each"
-"$PY" -m benchmarks.merge "$OUT_DIR" "$OUT_DIR/knee" "$OUT_DIR/pelvis" --machine "$machine" "${args[@]}"
+runs=()
+for anatomy in "${anatomies[@]}"; do runs+=("$OUT_DIR/$anatomy"); done
+"$PY" -m benchmarks.merge "$OUT_DIR" "${runs[@]}" --machine "$machine" "${args[@]}"

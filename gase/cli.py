@@ -186,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-warm-start", action="store_true",
                    help="gase: start the GASE segmenter from random weights instead of the source expert's "
                         "(the expert then trains after it)")
+    p.add_argument("--context-slices", type=int, default=None, metavar="N",
+                   help="the segmenter reads each slice with its neighbours, N slices in all (odd; default 1: the "
+                        "slice alone), at the training scans' slice distance; see gase.context")
     p.add_argument("--config", default=None, help="JSON file of training settings (see gase.training.config)")
     p.add_argument("--name", default=None, help="model name (default: the --out folder name)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))

@@ -93,6 +93,13 @@ class ModelCard:
         return {k: float(v) for k, v in self.postprocessing.get("prior_offsets", {}).items()}
 
     @property
+    def context(self) -> "Context":
+        """The through-plane context the segmenter reads (``architecture.context``; one slice when absent)."""
+        from .context import Context
+
+        return Context.from_json(self.architecture.get("context"))
+
+    @property
     def opening_mm(self) -> dict[str, float]:
         """Label name -> opening radius (mm) of :func:`gase.postprocess.keep_opened_component`, for the labels
         whose card gives one (models trained before 2026-12-06 give none)."""
@@ -164,6 +171,9 @@ def _check_architecture(arch: dict, where: str) -> None:
     widths("encoder_channels", 1, 8)
     if not 1 <= arch["style_dim"] <= MAX_CHANNELS:
         raise ModelError(f"{where}: architecture.style_dim must be 1..{MAX_CHANNELS}.")
+    from .context import Context
+
+    Context.from_json(arch.get("context"), where)
 
 
 def _check_numbers(norm: dict, where: str) -> None:
@@ -421,7 +431,7 @@ def attach_source_expert(folder: str | os.PathLike, expert_folder: str | os.Path
         raise ModelError(f"{expert_folder}: this model has a source expert itself; give a plain segmenter.")
     keys = ("plane", "input_spacing_mm", "labels", "normalization")
     differs = [k for k in keys if getattr(card, k) != getattr(ecard, k)]
-    for k in ("segmenter_channels", "style_dim", "encoder_channels"):
+    for k in ("segmenter_channels", "style_dim", "encoder_channels", "context"):
         if card.architecture.get(k) != ecard.architecture.get(k):
             differs.append(f"architecture.{k}")
     if differs:

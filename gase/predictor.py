@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from .context import stack_array
 from .errors import CancelledError, InputError, ModelError
 from .labels import LabelInfo
 from .model_card import EXPERT_FILES, ModelCard, load_card, load_tensors, prefixed
@@ -91,7 +92,8 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def build_segmenter(card: ModelCard) -> SegDiscriminator:
-    return SegDiscriminator(card.n_classes, tuple(card.architecture["segmenter_channels"]))
+    return SegDiscriminator(card.n_classes, tuple(card.architecture["segmenter_channels"]),
+                            in_channels=card.context.slices)
 
 
 def build_encoder(card: ModelCard) -> StyleEncoder:
@@ -115,8 +117,10 @@ class SliceOutputs:
 
 
 class SliceModel(torch.nn.Module):
-    """Segmenter + style encoder as one module: normalised slices (B, 1, H, W) at the model spacing ->
-    logits, calibrated confidence and validity features, in a single pass."""
+    """Segmenter + style encoder as one module: normalised slices (B, C, H, W) at the model spacing ->
+    logits, calibrated confidence and validity features, in a single pass. C is the segmenter's
+    ``in_channels`` (the slice with its through-plane context, :mod:`gase.context`); the style encoder reads
+    the centre channel, the slice itself."""
 
     def __init__(self, segmenter: SegDiscriminator, encoder: StyleEncoder, conf_scale: float = 1.0,
                  conf_bias: float = 0.0, logit_offsets: Sequence[float] | None = None):
@@ -131,16 +135,21 @@ class SliceModel(torch.nn.Module):
             torch.tensor(list(logit_offsets), dtype=torch.float32)
         self.register_buffer("logit_offsets", offsets.reshape(1, -1, 1, 1))
         self.has_offsets = bool(offsets.abs().sum() > 0)
+        self.centre = segmenter.in_channels // 2
+
+    def centre_slice(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W): the slice being segmented, out of its context stack (B, C, H, W)."""
+        return x if x.shape[1] == 1 else x[:, self.centre:self.centre + 1]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits, conf_logit, features = segment(self.segmenter, x)
-        style = self.encoder(x)
+        style = self.encoder(self.centre_slice(x))
         conf = torch.sigmoid(conf_logit * self.conf_affine[0] + self.conf_affine[1])
         return logits, conf, torch.cat([style, features], dim=1)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The validity features of :meth:`forward` alone (the encoders only)."""
-        return torch.cat([self.encoder(x), encoder_features(self.segmenter, x)], dim=1)
+        return torch.cat([self.encoder(self.centre_slice(x)), encoder_features(self.segmenter, x)], dim=1)
 
 
 def encoder_features(seg: SegDiscriminator, x: torch.Tensor) -> torch.Tensor:
@@ -202,7 +211,8 @@ def checked_working_size(hw: tuple[int, int], spacing_hw: tuple[float, float],
 def run_slices(model: SliceModel, x: torch.Tensor, spacing_hw: tuple[float, float], model_spacing: float,
                divisor: int, amp: bool, keep_probs: bool = False, *, channels_last: bool | None = None,
                fixed_batch: int | None = None, offsets: torch.Tensor | None = None) -> SliceOutputs:
-    """Normalised canonical slices (B, 1, H, W) on the model's device -> :class:`SliceOutputs` on that device.
+    """Normalised canonical slices (B, C, H, W) on the model's device (C: the model's context channels, see
+    :mod:`gase.context`) -> :class:`SliceOutputs` on that device.
 
     ``offsets`` (1, K, 1, 1): the prior offsets (:attr:`SliceModel.logit_offsets`), added to the logits before
     the softmax; the labels, probabilities and expected Dice follow them, the confidence head does not.
@@ -242,7 +252,7 @@ def run_slices(model: SliceModel, x: torch.Tensor, spacing_hw: tuple[float, floa
 
 def slice_features(model: SliceModel, x: torch.Tensor, spacing_hw: tuple[float, float], model_spacing: float,
                    divisor: int, amp: bool, *, channels_last: bool | None = None) -> torch.Tensor:
-    """Normalised canonical slices (B, 1, H, W) -> validity features (B, F) float32, prepared exactly as
+    """Normalised canonical slices (B, C, H, W) -> validity features (B, F) float32, prepared exactly as
     :func:`run_slices` prepares them (resampled to the model spacing, padded), without the decoder."""
     size = checked_working_size(tuple(x.shape[-2:]), spacing_hw, model_spacing)
     xp, _ = pad_to_multiple(resample_slices(x, size), divisor)
@@ -255,15 +265,16 @@ def slice_features(model: SliceModel, x: torch.Tensor, spacing_hw: tuple[float, 
 
 
 def _crop_about_structures(raw: np.ndarray, labels: np.ndarray, shrink: float) -> tuple[np.ndarray, np.ndarray]:
-    """One slice (1, H, W) and its labels cut to ``shrink`` of its height and width, centred on the labelled
-    structures' bounding box (kept inside the slice): a stability view of a huge slice, in bounded memory."""
-    h, w = raw.shape[1:]
+    """One slice (1, H, W) or context stack (1, C, H, W) and its labels (1, H, W) cut to ``shrink`` of its height
+    and width, centred on the labelled structures' bounding box (kept inside the slice): a stability view of a
+    huge slice, in bounded memory."""
+    h, w = raw.shape[-2:]
     ch, cw = max(8, int(h * shrink)), max(8, int(w * shrink))
     rows, cols = np.nonzero(labels[0])
     cr, cc = ((rows.min() + rows.max()) // 2, (cols.min() + cols.max()) // 2) if rows.size else (h // 2, w // 2)
     r0 = int(np.clip(cr - ch // 2, 0, h - ch))
     c0 = int(np.clip(cc - cw // 2, 0, w - cw))
-    return raw[:, r0:r0 + ch, c0:c0 + cw], labels[:, r0:r0 + ch, c0:c0 + cw]
+    return raw[..., r0:r0 + ch, c0:c0 + cw], labels[:, r0:r0 + ch, c0:c0 + cw]
 
 
 def expected_dice(counts: np.ndarray, conf_sums: np.ndarray, msp_sums: np.ndarray, prob_sums: np.ndarray,
@@ -355,8 +366,10 @@ class _BatchStats:
         self.raw_foreground: list[torch.Tensor] = []
 
     def add(self, out: SliceOutputs, x: torch.Tensor, nonfinite: torch.Tensor | None) -> None:
-        """``x``: the batch's normalised slices (B, 1, H, W). Appends only once everything is computed, so an
-        out-of-memory error half-way leaves no trace."""
+        """``x``: the batch's normalised slices (B, 1, H, W), or context stacks (B, C, H, W) whose centre channel
+        is the slice. Appends only once everything is computed, so an out-of-memory error half-way leaves no
+        trace."""
+        x = x[:, x.shape[1] // 2]
         lab, conf, msp = out.labels.reshape(-1), out.confidence.reshape(-1), out.msp.reshape(-1)
         if lab.is_cuda and self.n <= 16:  # one-hot sums: CUDA's bincount waits for the GPU (it reads the max)
             hit = lab[None, :] == torch.arange(self.n, device=lab.device, dtype=lab.dtype)[:, None]
@@ -498,6 +511,7 @@ class Predictor:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.compiled = bool(compile)
         self._forward = torch.compile(self.model, dynamic=False) if compile else self.model
+        self.context = card.context
         self.stability_slices = STABILITY_SLICES  # 0: no stability check (see :meth:`stability`)
         # the source-style expert (see predict), loaded by from_folder when the card names one
         self.expert: Predictor | None = None
@@ -521,10 +535,23 @@ class Predictor:
         self.amp = self.channels_last = self.compiled = False
         self._forward = self.model
 
+    def _raw(self, canon: np.ndarray, rows: np.ndarray | slice, slice_mm: float) -> np.ndarray:
+        """The raw input of the canonical slices ``rows`` (a slice or index array): ``canon[rows]`` (B, H, W)
+        for a model without context, else their context stacks (B, C, H, W) float32 (:mod:`gase.context`)."""
+        if not self.context.used:
+            return canon[rows]
+        centres = np.arange(canon.shape[0])[rows]
+        return stack_array(canon, centres, self.context.offsets(slice_mm))
+
     def _to_device(self, raw: np.ndarray, lo: float, hi: float) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Raw canonical slices (B, H, W), any numeric dtype and strides -> normalised (B, 1, H, W) float32 on
         the device, and the number of NaN/Inf voxels among them (a device tensor; None for integer voxels).
-        The input array is only read."""
+        Context stacks (B, C, H, W) (:meth:`_raw`) -> (B, C, H, W), the NaN/Inf counted in the centre channel
+        only (each slice is the centre of one stack). The input array is only read."""
+        if raw.ndim == 4:
+            t = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32)).to(self.device)
+            nonfinite = (~torch.isfinite(t[:, t.shape[1] // 2])).sum()
+            return self.normalization.apply_tensor(t, lo, hi), nonfinite
         dtype = _transfer_dtype(raw.dtype)
         src = raw.view(np.int16) if raw.dtype == np.uint16 else raw
         if self.device.type == "cuda":  # one gather/convert copy into page-locked memory, then an async copy
@@ -557,7 +584,8 @@ class Predictor:
 
     # ------------------------------------------------------------------------------------------
     def stability(self, canon: np.ndarray, labels_c: np.ndarray, lo: float, hi: float,
-                  spacing_hw: tuple[float, float], batch: int | None = None) -> dict[str, float]:
+                  spacing_hw: tuple[float, float], batch: int | None = None, *,
+                  slice_mm: float | None = None) -> dict[str, float]:
         """How much of each structure's mask survives small changes of contrast and size: per label, the
         Dice between the mask and the masks predicted under each of :data:`STABILITY_VIEWS`, averaged over
         the views, on up to :attr:`stability_slices` foreground slices spread evenly through the volume.
@@ -571,11 +599,14 @@ class Predictor:
         with, after any out-of-memory halving); a view that enlarges the slices runs on fewer of them per pass,
         or on a crop about the structures, so that no pass holds more pixels than the segmentation's own (see
         :data:`STABILITY_FREE_PIXELS`). Empty dict when disabled or nothing was segmented; NaN for a structure
-        absent from the mask and every view."""
+        absent from the mask and every view. ``slice_mm``: the slice spacing, which a model with through-plane
+        context needs (:mod:`gase.context`)."""
+        if self.context.used and slice_mm is None:
+            raise ValueError("This model reads neighbouring slices: give the slice spacing (slice_mm).")
         pick = self._stability_pick(labels_c)
         if pick.size == 0:
             return {}
-        return self._stability_on(canon[pick], labels_c[pick], lo, hi, spacing_hw, batch)
+        return self._stability_on(self._raw(canon, pick, slice_mm), labels_c[pick], lo, hi, spacing_hw, batch)
 
     def _stability_pick(self, labels_c: np.ndarray) -> np.ndarray:
         """Indices of the (up to :attr:`stability_slices`) foreground slices the stability check uses."""
@@ -588,10 +619,11 @@ class Predictor:
 
     def _stability_on(self, canon: np.ndarray, labels_c: np.ndarray, lo: float, hi: float,
                       spacing_hw: tuple[float, float], batch: int | None = None) -> dict[str, float]:
-        """:meth:`stability` on exactly the given slices (raw ``canon`` and their labels ``labels_c``)."""
+        """:meth:`stability` on exactly the given slices (raw ``canon`` (P, H, W), or their context stacks
+        (P, C, H, W) (:meth:`_raw`), and their labels ``labels_c`` (P, H, W))."""
         labels = self.card.labels
         n_classes = self.card.n_classes
-        n, hw = canon.shape[0], canon.shape[1:]
+        n, hw = canon.shape[0], canon.shape[-2:]
         size = checked_working_size(hw, spacing_hw, self.card.input_spacing_mm)
         batch = batch or self.batch_for(hw, size)
         divisor = self.model.segmenter.divisor
@@ -758,7 +790,7 @@ class Predictor:
             e = min(n_slices, s + batch)
             try:
                 with torch.inference_mode():
-                    x, nonfinite = self._to_device(canon[s:e], lo, hi)
+                    x, nonfinite = self._to_device(self._raw(canon, slice(s, e), reo.spacing[0]), lo, hi)
                     out = run_slices(self._forward, x, spacing_hw, self.card.input_spacing_mm, divisor, self.amp,
                                      keep_probs=return_probabilities, channels_last=self.channels_last,
                                      fixed_batch=batch if self.compiled else None, offsets=self.offsets)
@@ -795,7 +827,8 @@ class Predictor:
             raise InputError(f"The image contains {nonfinite} NaN or infinite voxel values. Fix or mask them "
                              "(e.g. replace with 0) before segmenting.")
         pick = self._stability_pick(labels_c)
-        stab_in = (canon[pick], labels_c[pick], lo, hi, spacing_hw, batch) if pick.size else None
+        stab_in = (self._raw(canon, pick, reo.spacing[0]), labels_c[pick], lo, hi, spacing_hw, batch) \
+            if pick.size else None
         stab = {}
         if stability and stab_in is not None:
             progress(s / n_slices, "checking stability")
@@ -886,10 +919,11 @@ class Predictor:
             e = min(canon.shape[0], s + batch)
             try:
                 with torch.inference_mode():
-                    x, _ = self._to_device(canon[s:e], lo, hi)
+                    x, _ = self._to_device(self._raw(canon, slice(s, e), reo.spacing[0]), lo, hi)
                     f = slice_features(self.model, x, spacing_hw, self.card.input_spacing_mm,
                                        self.model.segmenter.divisor, self.amp, channels_last=self.channels_last)
-                    c = (x > CONTENT_LEVEL).flatten(1).sum(1) > CONTENT_FRACTION * x.shape[-2] * x.shape[-1]
+                    xc = x[:, x.shape[1] // 2]
+                    c = (xc > CONTENT_LEVEL).flatten(1).sum(1) > CONTENT_FRACTION * x.shape[-2] * x.shape[-1]
                     feats.append(f.cpu())
                     content.append(c.cpu())
             except torch.cuda.OutOfMemoryError:

@@ -29,15 +29,19 @@ class SegOutput:
 
 
 class SegDiscriminator(nn.Module):
-    """U-Net (B, 1, H, W) -> :class:`SegOutput`; H and W must be divisible by 2**(len(channels)-1)."""
+    """U-Net (B, C, H, W) -> :class:`SegOutput`; H and W must be divisible by 2**(len(channels)-1).
 
-    def __init__(self, n_classes: int, channels: tuple[int, ...] = (16, 24, 48, 96, 192)):
+    ``in_channels`` (C, odd): the slice to segment with its neighbours on either side as extra channels
+    (2.5D input, centre channel in the middle; 1: the slice alone). See :mod:`gase.context`."""
+
+    def __init__(self, n_classes: int, channels: tuple[int, ...] = (16, 24, 48, 96, 192), in_channels: int = 1):
         super().__init__()
         self.channels = tuple(channels)
         self.n_classes = n_classes
+        self.in_channels = int(in_channels)
         # full resolution holds one conv per side: it dominates the cost on CPU, and the thin structures
         # (cartilage) are resolved by the skip connection, not by depth at that level.
-        self.enc = nn.ModuleList([conv_norm_act(1, channels[0])] +
+        self.enc = nn.ModuleList([conv_norm_act(self.in_channels, channels[0])] +
                                  [DoubleConv(channels[i - 1], channels[i], stride=2) for i in range(1, len(channels))])
         self.up = nn.ModuleList()
         self.dec = nn.ModuleList()

@@ -8,7 +8,9 @@
 - :func:`diversify_styles`: GASE's style-space interpolation/extrapolation and mapping-network samples.
 - :func:`gaussian_cutout`: random Gaussian-shaped occlusions that regularise the discriminator.
 
-Shapes: images (B, 1, H, W) float in about 0..1, labels (B, H, W) int64.
+Shapes: images (B, 1, H, W) float in about 0..1, labels (B, H, W) int64. A model with through-plane context
+(:mod:`gase.context`) trains on stacks (B, C, H, W) with labels (B, C, H, W): every function draws one set of
+random parameters per stack and applies it to all its channels (one scan has one style and one pose).
 """
 from __future__ import annotations
 
@@ -32,7 +34,9 @@ def standard_augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> 
                          torch.stack([sin, cos, torch.zeros_like(cos)], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    y = F.grid_sample(y[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)[:, 0].long()
+    yy = y[:, None] if y.dim() == 3 else y  # (B, H, W) or context labels (B, C, H, W)
+    yy = F.grid_sample(yy.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False).long()
+    y = yy[:, 0] if y.dim() == 3 else yy
     gamma = torch.exp(_rand(gen, b, 1, 1, 1, lo=math.log(0.7), hi=math.log(1.5), device=dev))
     x = x.clamp(0, 1) ** gamma
     x = x * smooth_field(gen, x.shape, strength=0.25, device=dev)
@@ -80,23 +84,24 @@ def random_curves(x: torch.Tensor, y: torch.Tensor, n_classes: int, gen: torch.G
     marrow and cortex become one dark bone, which a curve over the source image's intensities rarely
     draws (both tissues need a low value on independent knots). See :func:`flatten_luts`.
     """
-    b, _, h, w = x.shape
+    b, c, h, w = x.shape
     dev = x.device
     flat = x.reshape(b, -1)
     global_lut = _curve_lut(gen, b, device=dev)
     out = _apply_lut(flat, global_lut).reshape_as(x)
     use_class = (torch.rand(b, generator=gen) < per_class_prob).to(dev)
     if use_class.any():
-        onehot = F.one_hot(y.clamp(0, n_classes - 1), n_classes).permute(0, 3, 1, 2).float()
+        yy = (y[:, None] if y.dim() == 3 else y).clamp(0, n_classes - 1)  # (B, C, H, W)
+        onehot = F.one_hot(yy, n_classes).permute(0, 1, 4, 2, 3).reshape(b * c, n_classes, h, w).float()
         k = torch.tensor([0.05, 0.25, 0.4, 0.25, 0.05], device=dev)
         kern = (k[:, None] * k[None, :])[None, None].repeat(n_classes, 1, 1, 1)
-        soft = F.conv2d(onehot, kern, padding=2, groups=n_classes)
-        soft = soft / soft.sum(1, keepdim=True).clamp_min(1e-6)
+        soft = F.conv2d(onehot, kern, padding=2, groups=n_classes).reshape(b, c, n_classes, h, w)
+        soft = soft / soft.sum(2, keepdim=True).clamp_min(1e-6)
         luts = _curve_lut(gen, b * n_classes, device=dev)
         if flatten_prob > 0:
             luts = flatten_luts(luts, gen, flatten_prob)
-        per = _apply_lut(flat.repeat_interleave(n_classes, 0), luts).reshape(b, n_classes, h, w)
-        class_img = (per * soft).sum(1, keepdim=True)
+        per = _apply_lut(flat.repeat_interleave(n_classes, 0), luts).reshape(b, n_classes, c, h, w)
+        class_img = (per.transpose(1, 2) * soft).sum(2)
         out = torch.where(use_class[:, None, None, None], class_img, out)
     return out
 
@@ -125,11 +130,12 @@ def suppress_bright(x: torch.Tensor, gen: torch.Generator, levels: tuple[float, 
     darkens fluid (T1-weighted Dixon water images). Inside one label, bright marrow falls to the level of
     dark cortex, so a per-class curve drawn afterwards renders the bone as one dark region. No labels are
     used: nothing is painted along a label edge."""
-    b, _, h, w = x.shape
+    b, c, h, w = x.shape
     dev = x.device
     xf = x.float().clamp(0, 1)
     k = torch.tensor([0.25, 0.5, 0.25], device=dev)
-    smooth = F.conv2d(F.pad(xf, (1, 1, 1, 1), mode="replicate"), (k[:, None] * k[None, :])[None, None])
+    smooth = F.conv2d(F.pad(xf.reshape(b * c, 1, h, w), (1, 1, 1, 1), mode="replicate"),
+                      (k[:, None] * k[None, :])[None, None]).reshape(b, c, h, w)
     smooth = F.max_pool2d(smooth, 3, stride=1, padding=1)  # a bright tissue's edge voxels go with it: no bright rim
     t = _rand(gen, b, 1, 1, 1, lo=levels[0], hi=levels[1], device=dev)
     width = _rand(gen, b, 1, 1, 1, lo=0.01, hi=0.04, device=dev)
@@ -149,9 +155,9 @@ def random_shallow_conv(x: torch.Tensor, gen: torch.Generator, layers: int = 4, 
     then blended with the input by a random factor and rescaled to 0..1. Changes local texture and the
     intensity relations of neighbouring tissues, which a curve over intensity cannot; the labels stay exact
     (3x3 kernels move no boundary by more than ``layers`` pixels of blur)."""
-    b, _, h, w = x.shape
+    b, c, h, w = x.shape
     dev = x.device
-    out = x.reshape(1, b, h, w)
+    out = x.transpose(0, 1)  # (C, B, H, W): a stack's channels go through the same network
     c_in = 1
     for i in range(layers):
         c_out = 1 if i == layers - 1 else width
@@ -162,9 +168,9 @@ def random_shallow_conv(x: torch.Tensor, gen: torch.Generator, layers: int = 4, 
         if i < layers - 1:
             out = F.leaky_relu(out, 0.2)
         c_in = c_out
-    out = out.reshape(b, 1, h, w)
-    lo = out.amin(dim=(2, 3), keepdim=True)
-    hi = out.amax(dim=(2, 3), keepdim=True)
+    out = out.transpose(0, 1)
+    lo = out.amin(dim=(1, 2, 3), keepdim=True)
+    hi = out.amax(dim=(1, 2, 3), keepdim=True)
     out = (out - lo) / (hi - lo).clamp_min(1e-6)
     alpha = _rand(gen, b, 1, 1, 1, device=dev)
     return alpha * out + (1 - alpha) * x.clamp(0, 1)

@@ -9,7 +9,8 @@ METHODS = ("gase", "erm", "randcurve")
 SAMPLING_MODES = ("balanced", "foreground")  # how training crops are drawn: gase.training.data.SliceSet.sample
 # What a record (model card, benchmark results) written before a setting existed was trained with. Only for
 # reading such records: a settings file without the key gets the current default.
-LEGACY_DEFAULTS = {"crop_sampling": "foreground", "source_expert": False, "warm_start": False, "fatsat_prob": 0.0}
+LEGACY_DEFAULTS = {"crop_sampling": "foreground", "source_expert": False, "warm_start": False, "fatsat_prob": 0.0,
+                   "context_slices": 1, "context_mm": None}
 
 
 @dataclass
@@ -37,6 +38,8 @@ class TrainConfig:
     style_dim: int = 64
     z_dim: int = 64
     input_spacing_mm: float | None = None   # None: median in-plane spacing of the training images
+    context_slices: int = 1                 # slices the segmenter reads: the slice and its neighbours (odd; 1 = 2D)
+    context_mm: float | None = None         # their distance; None: the median slice spacing of the training images
     plane: str | None = None                # None: the anatomy's default (knee sagittal, pelvis axial)
     # GASE weights
     gen_every: int = 2
@@ -94,6 +97,10 @@ class TrainConfig:
             self.warm_start = False  # only a GASE run with a source expert has weights to start from
         if self.crop_sampling not in SAMPLING_MODES:
             raise InputError(f"Unknown crop_sampling {self.crop_sampling!r}; use one of {', '.join(SAMPLING_MODES)}.")
+        if not (isinstance(self.context_slices, int) and 1 <= self.context_slices <= 9 and self.context_slices % 2):
+            raise InputError("context_slices must be an odd number of slices, 1 to 9 (1: the slice alone).")
+        if self.context_mm is not None and not 0.05 <= self.context_mm <= 50:
+            raise InputError("context_mm must be a distance in mm (0.05 to 50), or unset for the slice spacing.")
         if self.batch_size < 1 or self.crop < 32 or self.crop % 16:
             raise InputError("batch_size must be >= 1 and crop a multiple of 16, at least 32.")
         return self

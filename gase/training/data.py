@@ -4,13 +4,14 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from ..context import Context, stack_tensor
 from ..errors import TrainingDataError
 from ..labels import LabelInfo
 from ..orientation import reorientation_for
@@ -73,16 +74,19 @@ def check_pair(image: Volume, labels: Volume, table: Sequence[LabelInfo], name: 
 @dataclass
 class SliceSet:
     """Canonical slices at the model spacing: ``images[v]`` (S, H, W) float32 in 0..1, ``labels[v]`` (S, H, W)
-    uint8, one entry per volume; ``names[v]`` the case names."""
+    uint8, one entry per volume; ``names[v]`` the case names; ``slice_mm[v]`` the slice spacing. With a
+    ``context`` (:mod:`gase.context`), :meth:`sample` returns each crop with its neighbouring slices."""
 
     images: list[torch.Tensor]
     labels: list[torch.Tensor]
     names: list[str]
+    slice_mm: list[float] = field(default_factory=list)
+    context: Context = field(default_factory=Context)
 
     @staticmethod
     def build(pairs: Sequence[tuple[Volume, np.ndarray, str]], plane: str, spacing: float,
-              norm: Normalization) -> "SliceSet":
-        images, labels, names = [], [], []
+              norm: Normalization, context: Context | None = None) -> "SliceSet":
+        images, labels, names, slice_mm = [], [], [], []
         for image, lab, name in pairs:
             reo = reorientation_for(image, plane)
             lo, hi = norm.intensity_range(image.array)
@@ -92,7 +96,8 @@ class SliceSet:
             images.append(resample_slices(x, size)[:, 0].contiguous())
             labels.append(resample_slices(y, size, mode="nearest")[:, 0].to(torch.uint8).contiguous())
             names.append(name)
-        return SliceSet(images, labels, names)
+            slice_mm.append(float(reo.spacing[0]))
+        return SliceSet(images, labels, names, slice_mm, context or Context())
 
     def __len__(self) -> int:
         return sum(int(x.shape[0]) for x in self.images)
@@ -109,7 +114,10 @@ class SliceSet:
 
     def sample(self, gen: torch.Generator, batch: int, crop: int, mode: str = "balanced",
                any_prob: float = 1 / 3) -> tuple[torch.Tensor, torch.Tensor]:
-        """Random crops (B, 1, crop, crop) float32 and (B, crop, crop) int64.
+        """Random crops (B, 1, crop, crop) float32 and (B, crop, crop) int64. With a :attr:`context` of C
+        slices: (B, C, crop, crop) float32, the crop's slice in the middle channel and its neighbours around it
+        (interpolated, :func:`gase.context.stack_tensor`), and their labels (B, C, crop, crop) int64 (nearest
+        slice): the loss reads the middle one, the style augmentations all of them.
 
         ``mode="balanced"`` (default): a crop is centred, with probability ``any_prob``, anywhere on any slice
         (so the slices beyond the anatomy, which hold no label, are learnt as background); otherwise on a
@@ -145,9 +153,24 @@ class SliceSet:
                 cy, cx = pts[int(torch.randint(len(pts), (1,), generator=gen))].tolist()
                 jitter = torch.randint(-crop // 4, crop // 4 + 1, (2,), generator=gen).tolist()
                 cy, cx = cy + jitter[0], cx + jitter[1]
+            if self.context.used:
+                offsets = self.context.offsets(self.slice_mm[v])
+                xs.append(_crop(stack_tensor(x, [s], offsets)[0], cy, cx, crop))
+                ys.append(_crop(stack_tensor(y, [s], offsets, nearest=True)[0], cy, cx, crop))
+                continue
             xs.append(_crop(x[s], cy, cx, crop))
             ys.append(_crop(y[s], cy, cx, crop))
+        if self.context.used:
+            return torch.stack(xs).float(), torch.stack(ys).long()
         return torch.stack(xs)[:, None].float(), torch.stack(ys).long()
+
+    def inputs(self) -> list[torch.Tensor]:
+        """Each volume's slices as the network reads them: :attr:`images` (S, H, W) without a context, else their
+        context stacks (S, C, H, W) (:func:`gase.context.stack_tensor`)."""
+        if not self.context.used:
+            return list(self.images)
+        return [stack_tensor(x, np.arange(x.shape[0]), self.context.offsets(sp))
+                for x, sp in zip(self.images, self.slice_mm)]
 
     def _index(self, v: int) -> dict[int, torch.Tensor]:
         """Volume ``v``'s slices per label value present (ANY_STRUCTURE: slices with any structure); cached."""
@@ -184,6 +207,8 @@ def sampling_prior_offsets(slices: SliceSet, crop: int, mode: str = "balanced", 
     gen = torch.Generator().manual_seed(seed)
     for start in range(0, n_crops, 64):
         _, y = slices.sample(gen, min(64, n_crops - start), crop, mode=mode)
+        if y.dim() == 4:  # context stacks: the loss reads the middle slice's labels
+            y = y[:, y.shape[1] // 2]
         crops += torch.bincount(y.flatten(), minlength=n).double()[:n]
     p_whole, p_crops = whole / whole.sum(), crops / crops.sum()
     ok = (p_whole > 0) & (p_crops > 0)
@@ -192,14 +217,14 @@ def sampling_prior_offsets(slices: SliceSet, crop: int, mode: str = "balanced", 
 
 
 def _crop(a: torch.Tensor, cy: int, cx: int, crop: int) -> torch.Tensor:
-    """Crop (H, W) around (cy, cx) to (crop, crop), zero-padding outside."""
-    h, w = a.shape
+    """Crop (..., H, W) around (cy, cx) to (..., crop, crop), zero-padding outside."""
+    h, w = a.shape[-2:]
     y0, x0 = cy - crop // 2, cx - crop // 2
-    out = torch.zeros((crop, crop), dtype=a.dtype)
+    out = torch.zeros((*a.shape[:-2], crop, crop), dtype=a.dtype)
     sy0, sx0 = max(0, y0), max(0, x0)
     sy1, sx1 = min(h, y0 + crop), min(w, x0 + crop)
     if sy1 > sy0 and sx1 > sx0:
-        out[sy0 - y0: sy1 - y0, sx0 - x0: sx1 - x0] = a[sy0:sy1, sx0:sx1]
+        out[..., sy0 - y0: sy1 - y0, sx0 - x0: sx1 - x0] = a[..., sy0:sy1, sx0:sx1]
     return out
 
 

@@ -65,6 +65,8 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         if args.checkpoint_every < 1:
             raise InputError("--checkpoint-every must be at least 1 (iterations between checkpoints).")
         cfg.checkpoint_every = args.checkpoint_every
+    if getattr(args, "context_slices", None) is not None:
+        cfg.context_slices = args.context_slices
     if getattr(args, "no_source_expert", False):
         cfg.source_expert = False
     if getattr(args, "no_warm_start", False):

@@ -72,13 +72,20 @@ class ValidityFit:
 
 
 def content_scores(scores: np.ndarray, images: torch.Tensor) -> np.ndarray:
-    """Slice scores of the slices with content (as the predictor counts them)."""
+    """Slice scores of the slices with content (as the predictor counts them, on the centre slice of context
+    stacks)."""
+    if images.dim() == 4:
+        images = images[:, images.shape[1] // 2]
     content = ((images > 0.05).float().mean(dim=(1, 2)) > 0.02).numpy()
     return scores[content] if content.any() else scores
 
 
 def augmented(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """One augmented copy (standard augmentation) of canonical slices (S, H, W)."""
+    """One augmented copy (standard augmentation) of canonical slices (S, H, W) or of context stacks (S, C, H, W)
+    (the same transform for a stack's channels)."""
+    if images.dim() == 4:
+        return standard_augment(images.float(), torch.zeros((images.shape[0], *images.shape[2:]), dtype=torch.long),
+                                gen)[0]
     x, _ = standard_augment(images[:, None].float(), torch.zeros(images.shape, dtype=torch.long), gen)
     return x[:, 0]
 
@@ -87,7 +94,7 @@ def fit_validity(features_of: Callable[[torch.Tensor], np.ndarray], train_images
                  val_images: Sequence[torch.Tensor], *, copies: int = AUGMENTED_COPIES, margin: float = 1.25,
                  heldout_copies: int = HELDOUT_COPIES, seed: int = 0) -> ValidityFit:
     """Fit the manifold and calibrate the threshold. ``features_of`` maps canonical slices (S, H, W) at the
-    model spacing to validity features (S, F); ``train_images`` / ``val_images`` hold one such tensor per
+    model spacing, or their context stacks (S, C, H, W) for a model with context, to validity features (S, F); ``train_images`` / ``val_images`` hold one such tensor per
     volume. Each held-out volume is scored as it is and as ``heldout_copies`` augmented copies (drawn after
     the fit's own copies, so the manifold does not depend on them)."""
     if copies < 0 or heldout_copies < 0:
@@ -127,7 +134,9 @@ def _model_features(folder: Path, weights: str, validity: str,
         out = []
         with torch.inference_mode():
             for s in range(0, images.shape[0], batch):
-                xp, _ = pad_to_multiple(images[s:s + batch, None].float().to(dev), model.segmenter.divisor)
+                x = images[s:s + batch]
+                x = x[:, None] if x.dim() == 3 else x
+                xp, _ = pad_to_multiple(x.float().to(dev), model.segmenter.divisor)
                 out.append(model.features(xp).float().cpu())
         return torch.cat(out).numpy()
     return features_of
@@ -149,10 +158,10 @@ def refit_validity(folder: str | Path, train_pairs, val_pairs, *, copies: int = 
 
     folder = Path(folder)
     card = load_card(folder)
-    sets = [SliceSet.build(p, card.plane, float(card.input_spacing_mm), Normalization.from_json(card.normalization))
-            for p in (train_pairs, val_pairs)]
+    sets = [SliceSet.build(p, card.plane, float(card.input_spacing_mm), Normalization.from_json(card.normalization),
+                           card.context) for p in (train_pairs, val_pairs)]
     fits = {}
-    images = (sets[0].images, sets[1].images)
+    images = (sets[0].inputs(), sets[1].inputs())
     if segmenter:
         fits["validity.safetensors"] = fit_validity(
             _model_features(folder, "weights.safetensors", "validity.safetensors", device), *images, copies=copies)
