@@ -99,3 +99,23 @@ def test_the_predictor_adds_the_offsets_to_the_logits(tiny_model, knee_cases, tm
     # the confidence head reads the logits before the offsets: unchanged where the label did not change
     same = none.labels.array == femur.labels.array
     np.testing.assert_allclose(femur.confidence.array[same], none.confidence.array[same], rtol=1e-5, atol=1e-6)
+
+
+def test_the_confidence_is_calibrated_on_the_labels_after_the_offsets():
+    """Export fits the Platt calibration to whether the label the model outputs (after the offsets) is right."""
+    from gase.labels import LabelInfo
+    from gase.training.config import TrainConfig
+    from gase.training.loop import Trainer, _fit_conf_calibration
+
+    torch.manual_seed(0)
+    table = (LabelInfo(1, "big", (1.0, 0.0, 0.0)), LabelInfo(2, "small", (0.0, 1.0, 0.0)))
+    trainer = Trainer(TrainConfig(method="erm", device="cpu", amp=False), table, 3)
+    s = _slices(1)
+    images = s.inputs()[0]
+    raw, _, _ = trainer.forward_slices(images)
+    shifted, _, _ = trainer.forward_slices(images, offsets=torch.tensor([0.0, -100.0, -100.0]))
+    assert bool((shifted == 0).all()) and not bool((raw == 0).all())  # the offsets decide the labels
+    plain = _fit_conf_calibration(trainer, s)
+    after = _fit_conf_calibration(trainer, s, prior_offsets={"big": -100.0, "small": -100.0})
+    assert (after["scale"], after["bias"]) != (plain["scale"], plain["bias"])
+    assert _fit_conf_calibration(trainer, s, prior_offsets={"big": 0.0, "small": 0.0}) == plain

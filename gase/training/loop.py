@@ -312,10 +312,12 @@ class Trainer:
 
     # -- evaluation helpers ----------------------------------------------------------------------
     @torch.no_grad()
-    def forward_slices(self, images: torch.Tensor, batch: int = 16) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward_slices(self, images: torch.Tensor, batch: int = 16,
+                       offsets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Canonical slices (S, H, W) at model spacing, or their context stacks (S, C, H, W) for a model with
         context (:meth:`SliceSet.inputs`) -> logits argmax (S, H, W), conf logits (S, H, W), validity features
-        (S, F); all on the CPU."""
+        (S, F); all on the CPU. ``offsets`` (K,): prior offsets added to the logits before the argmax, as the
+        predictor adds the card's (:func:`gase.predictor.run_slices`)."""
         self.seg.eval(), self.enc.eval()
         labs, confs, feats = [], [], []
         for s in range(0, images.shape[0], batch):
@@ -325,7 +327,10 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 out = self.seg(xp)
                 style = self.enc(self._centre(xp))
-            labs.append(out.logits[..., :h, :w].float().argmax(1).cpu())
+            logits = out.logits[..., :h, :w].float()
+            if offsets is not None:
+                logits = logits + offsets.to(logits.device).reshape(1, -1, 1, 1)
+            labs.append(logits.argmax(1).cpu())
             confs.append(out.conf_logit[:, 0, :h, :w].float().cpu())
             feats.append(torch.cat([style, out.features], 1).float().cpu())
         self.seg.train(), self.enc.train()
@@ -634,11 +639,19 @@ def _write_log(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
-def _fit_conf_calibration(trainer: Trainer, sset: SliceSet, max_voxels: int = 400_000) -> dict:
-    """Platt scaling (scale, bias) of the confidence logit on held-out slices."""
+def _fit_conf_calibration(trainer: Trainer, sset: SliceSet, max_voxels: int = 400_000,
+                          prior_offsets: dict[str, float] | None = None) -> dict:
+    """Platt scaling (scale, bias) of the confidence logit on held-out slices: the probability that the label the
+    model outputs is right, the label after the ``prior_offsets`` (label name -> logit offset) when the card
+    has them (since 2026-12-06; before, the network's own argmax, which the offsets change on a few voxels)."""
+    offsets = None
+    if prior_offsets:
+        offsets = torch.zeros(trainer.n_classes)
+        for t in trainer.table:
+            offsets[t.value] = float(prior_offsets.get(t.name, 0.0))
     logits, correct = [], []
     for images, labels in zip(sset.inputs(), sset.labels):
-        pred, conf, _ = trainer.forward_slices(images)
+        pred, conf, _ = trainer.forward_slices(images, offsets=offsets)
         logits.append(conf.flatten())
         correct.append((pred == labels.long()).float().flatten())
     lg, cr = torch.cat(logits), torch.cat(correct)
@@ -668,7 +681,10 @@ def _export(trainer: Trainer, train_set: SliceSet, val_set: SliceSet | None, val
     # style manifold on the training slices and augmented copies of them, threshold on held-out volumes
     fit = fit_validity(lambda images: trainer.forward_slices(images)[2].numpy(), train_set.inputs(),
                        val_set.inputs() if val_set is not None else [])
-    cal = _fit_conf_calibration(trainer, val_set if val_set is not None else train_set)
+    cal = _fit_conf_calibration(trainer, val_set if val_set is not None else train_set,
+                                prior_offsets=(extra_card.get("postprocessing") or {}).get("prior_offsets"))
+    if (extra_card.get("postprocessing") or {}).get("prior_offsets"):
+        cal["labels"] = "after the prior offsets"
     tensors = {**{f"segmenter.{k}": v.detach().float().cpu().contiguous() for k, v in trainer.seg.state_dict().items()},
                **{f"style_encoder.{k}": v.detach().float().cpu().contiguous() for k, v in trainer.enc.state_dict().items()}}
     save_tensors(tensors, out_dir / "weights.safetensors")
