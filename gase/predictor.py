@@ -221,15 +221,7 @@ def run_slices(model: SliceModel, x: torch.Tensor, spacing_hw: tuple[float, floa
     ``channels_last`` (default: on CUDA) must match the model's memory format; ``fixed_batch`` pads the
     batch with empty slices to that size, so a compiled model always sees one shape."""
     n, (h, w) = x.shape[0], x.shape[-2:]
-    size = checked_working_size((h, w), spacing_hw, model_spacing)
-    xr = resample_slices(x, size)
-    xp, _ = pad_to_multiple(xr, divisor)
-    if fixed_batch is not None and n < fixed_batch:
-        xp = torch.cat([xp, xp.new_zeros((fixed_batch - n,) + tuple(xp.shape[1:]))])
-    if channels_last is None:
-        channels_last = x.device.type == "cuda"
-    if channels_last:
-        xp = xp.contiguous(memory_format=torch.channels_last)
+    xp, size = _network_input(x, spacing_hw, model_spacing, divisor, channels_last, fixed_batch)
     with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=amp):
         logits, conf, feats = model(xp)
     logits, feats = logits[:n, :, : size[0], : size[1]].float(), feats[:n]
@@ -254,14 +246,26 @@ def slice_features(model: SliceModel, x: torch.Tensor, spacing_hw: tuple[float, 
                    divisor: int, amp: bool, *, channels_last: bool | None = None) -> torch.Tensor:
     """Normalised canonical slices (B, C, H, W) -> validity features (B, F) float32, prepared exactly as
     :func:`run_slices` prepares them (resampled to the model spacing, padded), without the decoder."""
+    xp, _ = _network_input(x, spacing_hw, model_spacing, divisor, channels_last)
+    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=amp):
+        return model.features(xp).float()
+
+
+def _network_input(x: torch.Tensor, spacing_hw: tuple[float, float], model_spacing: float, divisor: int,
+                   channels_last: bool | None, fixed_batch: int | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Slices (B, C, H, W) -> the network's input: resampled to the model spacing, padded to ``divisor``, padded
+    with empty slices to ``fixed_batch``, in the memory format (``channels_last``, default: on CUDA); and the
+    slices' size at the model spacing."""
+    n = x.shape[0]
     size = checked_working_size(tuple(x.shape[-2:]), spacing_hw, model_spacing)
     xp, _ = pad_to_multiple(resample_slices(x, size), divisor)
+    if fixed_batch is not None and n < fixed_batch:
+        xp = torch.cat([xp, xp.new_zeros((fixed_batch - n,) + tuple(xp.shape[1:]))])
     if channels_last is None:
         channels_last = x.device.type == "cuda"
     if channels_last:
         xp = xp.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=amp):
-        return model.features(xp).float()
+    return xp, size
 
 
 def _crop_about_structures(raw: np.ndarray, labels: np.ndarray, shrink: float) -> tuple[np.ndarray, np.ndarray]:

@@ -130,6 +130,8 @@ class Trainer:
         self.seg = SegDiscriminator(n_classes, tuple(cfg.segmenter_channels),
                                     in_channels=cfg.context_slices).to(self.device)
         self.centre = cfg.context_slices // 2  # the channel of the slice being segmented
+        if cfg.context_slices > 1:
+            start_as_2d(self.seg)
         self.enc = StyleEncoder(cfg.style_dim).to(self.device)
         self.G = StyleGenerator(n_classes, cfg.style_dim, content_channels=int(cfg.gen_content)).to(self.device)
         self.M = MappingNetwork(cfg.z_dim, cfg.style_dim).to(self.device)
@@ -576,6 +578,21 @@ def training_context(cfg: TrainConfig, images: Sequence[Volume], plane: str) -> 
         return Context()
     mm = cfg.context_mm or float(round(np.median([reorientation_for(v, plane).spacing[0] for v in images]), 3))
     return Context(cfg.context_slices, mm)
+
+
+def start_as_2d(seg: SegDiscriminator) -> None:
+    """A fresh context segmenter starts out as a 2D one: the first convolution reads the centre channel with a
+    2D network's initial scale (its random kernel times sqrt(C), as if fan-in were one channel) and the
+    neighbours with zeros; training brings the neighbours in where they help. From random weights on every
+    channel the benchmark's ERM, 3 slices 8 mm apart, trained worse in its 1000 iterations than in 2D (data
+    seed 1, mean segmentation loss of the last 100 iterations pelvis 0.599 against 0.514, knee 0.405 against
+    0.364; validation Dice 0.754 / 0.836 against 0.856 / 0.876)."""
+    w = seg.enc[0].conv.weight
+    c = w.shape[1]
+    with torch.no_grad():
+        centre = w[:, c // 2].clone() * math.sqrt(c)
+        w.zero_()
+        w[:, c // 2] = centre
 
 
 def inflate_input(weights: dict, in_channels: int, key: str = "enc.0.conv.weight") -> dict:
