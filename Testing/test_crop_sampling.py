@@ -102,3 +102,20 @@ def test_reused_model_from_before_the_setting_counts_as_foreground_sampling(tmp_
         reused_training(tmp_path, cfg)
     cfg.crop_sampling = "foreground"
     assert reused_training(tmp_path, cfg)["iterations"] == 10
+
+
+def test_margin_crops_lie_just_past_a_structure_along_the_slice_axis():
+    """Margin crops sit on slices 1..margin_mm beyond a structure's first or last slice, at its place there."""
+    y = torch.zeros(30, 64, 64, dtype=torch.uint8)
+    y[10:20, 20:40, 20:40] = 1
+    sset = SliceSet([y.float() / 2], [y], ["toy"], [2.0])
+    x, lab = sset.sample(torch.Generator().manual_seed(0), 400, 32, margin_prob=1.0, any_prob=0.0, margin_mm=6.0)
+    # every crop is off the structure (slices 7-9 and 20-22 hold none of it) but near where it was
+    assert int(lab.sum()) == 0
+    assert float(x.sum()) == 0.0
+    plain = sset.sample(torch.Generator().manual_seed(0), 400, 32, any_prob=0.0)[1]
+    assert bool((plain.flatten(1).amax(1) == 1).all())  # without margins each crop holds the structure
+    # a draw without margins is the same as before the option existed (no extra random numbers)
+    a = sset.sample(torch.Generator().manual_seed(5), 8, 32)
+    b = sset.sample(torch.Generator().manual_seed(5), 8, 32, margin_prob=0.0)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])

@@ -98,7 +98,7 @@ def probe_seconds_per_iteration(pairs, table, plane: str, train_cfg, steps: int 
     from gase.orientation import reorientation_for
     from gase.preprocess import Normalization
     from gase.training.data import SliceSet
-    from gase.training.loop import Trainer, training_context
+    from gase.training.loop import Trainer, margin_share, training_context
 
     spacing = float(np.median([s for img, _, _ in pairs for s in reorientation_for(img, plane).spacing[1:]]))
     sset = SliceSet.build(pairs, plane, spacing, Normalization(),
@@ -106,11 +106,13 @@ def probe_seconds_per_iteration(pairs, table, plane: str, train_cfg, steps: int 
     trainer = Trainer(train_cfg, table, max(t.value for t in table) + 1)
     sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
-        trainer.step(*sset.sample(trainer.gen, train_cfg.batch_size, train_cfg.crop, mode=train_cfg.crop_sampling))
+        trainer.step(*sset.sample(trainer.gen, train_cfg.batch_size, train_cfg.crop, mode=train_cfg.crop_sampling,
+                                     margin_prob=margin_share(train_cfg)))
     sync()
     t0 = time.perf_counter()
     for _ in range(steps):
-        trainer.step(*sset.sample(trainer.gen, train_cfg.batch_size, train_cfg.crop, mode=train_cfg.crop_sampling))
+        trainer.step(*sset.sample(trainer.gen, train_cfg.batch_size, train_cfg.crop, mode=train_cfg.crop_sampling,
+                                     margin_prob=margin_share(train_cfg)))
     sync()
     return (time.perf_counter() - t0) / steps
 

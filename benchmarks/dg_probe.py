@@ -29,7 +29,7 @@ def probe(method: str, iterations: int, overrides: dict, anatomy: str = "knee", 
     from gase.preprocess import Normalization
     from gase.training.config import TrainConfig
     from gase.training.data import SliceSet
-    from gase.training.loop import Trainer, inflate_input, training_context
+    from gase.training.loop import Trainer, inflate_input, margin_share, training_context
     from gase.training.run import DEFAULT_PLANE
 
     from .data import DEFAULT_UNSEEN
@@ -54,7 +54,8 @@ def probe(method: str, iterations: int, overrides: dict, anatomy: str = "knee", 
                                                    else sd[name])
     t0 = time.perf_counter()
     for _ in range(iterations):
-        trainer.step(*train_set.sample(trainer.gen, cfg.batch_size, cfg.crop, mode=cfg.crop_sampling))
+        trainer.step(*train_set.sample(trainer.gen, cfg.batch_size, cfg.crop, mode=cfg.crop_sampling,
+                                       margin_prob=margin_share(cfg)))
     seconds = time.perf_counter() - t0
     out = {"anatomy": anatomy, "method": method, "iterations": iterations, "settings": overrides,
            "data_seed": data_seed, "init": str(init) if init else None,

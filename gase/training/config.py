@@ -10,7 +10,7 @@ SAMPLING_MODES = ("balanced", "foreground")  # how training crops are drawn: gas
 # What a record (model card, benchmark results) written before a setting existed was trained with. Only for
 # reading such records: a settings file without the key gets the current default.
 LEGACY_DEFAULTS = {"crop_sampling": "foreground", "source_expert": False, "warm_start": False, "fatsat_prob": 0.0,
-                   "context_slices": 1, "context_mm": None}
+                   "context_slices": 1, "context_mm": None, "margin_crops": 0.0}
 
 
 @dataclass
@@ -64,6 +64,8 @@ class TrainConfig:
                                             # network (augment.random_shallow_conv, GIN)
     fatsat_prob: float = 0.5                # gase: chance that a curve or synthetic view starts from the image with
                                             # its brightest tissue suppressed (augment.suppress_bright: fat-sat, STIR)
+    margin_crops: float = 0.25              # gase: share of the structure-centred crops moved just past the structure's
+                                            # end along the slice axis (SliceSet.sample's margin_prob)
     syn_fraction: float = 0.5               # synthetic (and mixed) crops per iteration, as a fraction of the batch
     adv_detach: bool = True                 # D's real/fake heads read detached features: the adversarial game
                                             # does not reshape the segmentation features
@@ -87,6 +89,8 @@ class TrainConfig:
             raise InputError("gin_prob is a probability: use a value in [0, 1].")
         if not 0.0 <= self.fatsat_prob <= 1.0:
             raise InputError("fatsat_prob is a probability: use a value in [0, 1].")
+        if not 0.0 <= self.margin_crops <= 1.0:
+            raise InputError("margin_crops is a share of the crops: use a value in [0, 1].")
         if not 0.0 <= self.curve_flatten <= 1.0:
             raise InputError("curve_flatten is a probability: use a value in [0, 1].")
         if not 0.0 < self.syn_fraction <= 1.0:

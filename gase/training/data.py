@@ -21,6 +21,7 @@ from .config import SAMPLING_MODES
 
 MIN_TRAIN_VOLUMES = 2
 ANY_STRUCTURE = 0  # SliceSet.sample: centre a crop on a voxel of any structure (background is never a target)
+MARGIN_MM = 20.0   # SliceSet.sample: how far past a structure's end its margin crops reach
 
 
 def match_pairs(images_dir: Path, labels_dir: Path) -> list[tuple[Path, Path]]:
@@ -113,7 +114,8 @@ class SliceSet:
         return (torch.cat([_fit(x, size) for x in xs]), torch.cat([_fit(y, size) for y in ys]))
 
     def sample(self, gen: torch.Generator, batch: int, crop: int, mode: str = "balanced",
-               any_prob: float = 1 / 3) -> tuple[torch.Tensor, torch.Tensor]:
+               any_prob: float = 1 / 3, margin_prob: float = 0.0,
+               margin_mm: float = MARGIN_MM) -> tuple[torch.Tensor, torch.Tensor]:
         """Random crops (B, 1, crop, crop) float32 and (B, crop, crop) int64. With a :attr:`context` of C
         slices: (B, C, crop, crop) float32, the crop's slice in the middle channel and its neighbours around it
         (interpolated, :func:`gase.context.stack_tensor`), and their labels (B, C, crop, crop) int64 (nearest
@@ -126,6 +128,12 @@ class SliceSet:
         MONAI's ``RandCropByLabelClasses`` do, on precomputed per-structure slice lists.
         ``mode="foreground"`` (models before 2026-11-28): 90% of crops centred on a voxel of any structure
         on a slice that has one, 10% anywhere.
+
+        ``margin_prob`` (balanced mode): that share of the structure-centred crops is moved off the structure's
+        end along the slice axis: on a slice 1 to ``margin_mm`` mm beyond its first or last slice, at the
+        place of one of its voxels on that end slice. Those crops teach what lies just past a structure, which
+        a 2D network sees rarely otherwise (below the prostate apex, the fat inside the levator funnel looks
+        like prostate in one slice and was labelled so in every style; benchmark diagnosis of 2026-12-06).
         """
         if mode not in SAMPLING_MODES:
             raise ValueError(f"Unknown crop sampling {mode!r}; use one of {', '.join(SAMPLING_MODES)}.")
@@ -143,7 +151,20 @@ class SliceSet:
                 classes = [c for c in index if c != ANY_STRUCTURE]
                 if classes and float(torch.rand(1, generator=gen)) >= any_prob:
                     centre = classes[int(torch.randint(len(classes), (1,), generator=gen))]
-            if centre is None:
+            margin = centre is not None and centre != ANY_STRUCTURE and margin_prob > 0 and \
+                float(torch.rand(1, generator=gen)) < margin_prob
+            if margin:
+                slices = index[centre]
+                below = float(torch.rand(1, generator=gen)) < 0.5
+                ref = int(slices[0] if below else slices[-1])
+                reach = max(1, int(round(margin_mm / max(self._slice_mm(v), 1e-3))))
+                k = int(torch.randint(1, reach + 1, (1,), generator=gen))
+                s = min(max(ref - k if below else ref + k, 0), x.shape[0] - 1)
+                pts = torch.nonzero(y[ref] == centre)
+                cy, cx = pts[int(torch.randint(len(pts), (1,), generator=gen))].tolist()
+                jitter = torch.randint(-crop // 4, crop // 4 + 1, (2,), generator=gen).tolist()
+                cy, cx = cy + jitter[0], cx + jitter[1]
+            elif centre is None:
                 s = int(torch.randint(x.shape[0], (1,), generator=gen))
                 cy, cx = int(torch.randint(h, (1,), generator=gen)), int(torch.randint(w, (1,), generator=gen))
             else:
@@ -163,6 +184,9 @@ class SliceSet:
         if self.context.used:
             return torch.stack(xs).float(), torch.stack(ys).long()
         return torch.stack(xs)[:, None].float(), torch.stack(ys).long()
+
+    def _slice_mm(self, v: int) -> float:
+        return self.slice_mm[v] if v < len(self.slice_mm) else 1.0
 
     def inputs(self) -> list[torch.Tensor]:
         """Each volume's slices as the network reads them: :attr:`images` (S, H, W) without a context, else their
@@ -188,7 +212,7 @@ class SliceSet:
 
 
 def sampling_prior_offsets(slices: SliceSet, crop: int, mode: str = "balanced", n_crops: int = 4096,
-                           seed: int = 0) -> dict[int, float]:
+                           seed: int = 0, margin_prob: float = 0.0) -> dict[int, float]:
     """Per label value, ``log(p_slices / p_crops)`` minus the same for the background: the logit adjustment
     (Menon et al., ICLR 2021) that undoes the class prior of :meth:`SliceSet.sample`.
 
@@ -206,7 +230,7 @@ def sampling_prior_offsets(slices: SliceSet, crop: int, mode: str = "balanced", 
     crops = torch.zeros(n, dtype=torch.float64)
     gen = torch.Generator().manual_seed(seed)
     for start in range(0, n_crops, 64):
-        _, y = slices.sample(gen, min(64, n_crops - start), crop, mode=mode)
+        _, y = slices.sample(gen, min(64, n_crops - start), crop, mode=mode, margin_prob=margin_prob)
         if y.dim() == 4:  # context stacks: the loss reads the middle slice's labels
             y = y[:, y.shape[1] // 2]
         crops += torch.bincount(y.flatten(), minlength=n).double()[:n]

@@ -506,7 +506,7 @@ def train(train_pairs: Sequence[tuple[Volume, np.ndarray, str]], val_pairs: Sequ
                                  time.perf_counter() - t_start > 60 * cfg.max_minutes):
             break
         x, y = train_set.sample(trainer.gen, trainer.dist.local_batch(cfg.batch_size), cfg.crop,  # [ddp] per rank
-                                mode=cfg.crop_sampling)
+                                mode=cfg.crop_sampling, margin_prob=margin_share(cfg))
         losses = trainer.step(x, y)
         losses = trainer.dist.mean_scalars(losses)  # [ddp]
         it = trainer.state.iteration
@@ -540,20 +540,28 @@ def train(train_pairs: Sequence[tuple[Volume, np.ndarray, str]], val_pairs: Sequ
     if "postprocessing" not in extra_card:
         extra_card["postprocessing"] = fit_postprocessing(
             [(lab, vol.spacing[::-1]) for vol, lab, _ in [*train_pairs, *val_pairs]], table)
-        extra_card["postprocessing"].update(prior_entry(train_set, table, cfg.crop, cfg.crop_sampling))
+        extra_card["postprocessing"].update(prior_entry(train_set, table, cfg.crop, cfg.crop_sampling,
+                                                        margin_share(cfg)))
     return _export(trainer, train_set, val_set, val_pairs, table, out_dir, cfg, anatomy=anatomy, plane=plane,
                    context=context,
                    spacing=spacing, norm=norm, name=name, title=title, emit=emit, extra_card=extra_card,
                    foreground_ml=largest_foreground_ml([*train_pairs, *val_pairs]))
 
 
-def prior_entry(train_set: SliceSet, table: Sequence[LabelInfo], crop: int, mode: str) -> dict:
+def prior_entry(train_set: SliceSet, table: Sequence[LabelInfo], crop: int, mode: str, margin: float = 0.0) -> dict:
     """The card's ``postprocessing.prior_offsets`` (label name -> logit offset) undoing the crop sampling's
-    class prior (:func:`gase.training.data.sampling_prior_offsets`), with the rule in words."""
-    offsets = sampling_prior_offsets(train_set, crop, mode)
+    class prior (:func:`gase.training.data.sampling_prior_offsets`; ``margin``: the margin crops' share), with the
+    rule in words."""
+    offsets = sampling_prior_offsets(train_set, crop, mode, margin_prob=margin)
+    margins = f" ({margin:g} of the structure crops past a structure's end)" if margin else ""
     return {"prior_offsets": {t.name: offsets.get(t.value, 0.0) for t in table},
             "prior_rule": f"logits + log(p_slices / p_crops) per label, relative to the background: the class shares of "
-                          f"the training slices against those of {mode} {crop}-pixel training crops"}
+                          f"the training slices against those of {mode} {crop}-pixel training crops{margins}"}
+
+
+def margin_share(cfg: TrainConfig) -> float:
+    """The share of margin crops a run draws (:meth:`SliceSet.sample`'s ``margin_prob``): GASE runs only."""
+    return float(cfg.margin_crops) if cfg.method == "gase" else 0.0
 
 
 def card_prior_entry(card: ModelCard, train_pairs: Sequence[tuple[Volume, np.ndarray, str]]) -> dict:
@@ -564,9 +572,11 @@ def card_prior_entry(card: ModelCard, train_pairs: Sequence[tuple[Volume, np.nda
     config = (card.training or {}).get("config", {})
     crop = int(config.get("crop", TrainConfig().crop))
     mode = str(config.get("crop_sampling", LEGACY_DEFAULTS.get("crop_sampling", TrainConfig().crop_sampling)))
+    margin = float(config.get("margin_crops", LEGACY_DEFAULTS["margin_crops"])) \
+        if config.get("method", card.architecture.get("method")) == "gase" else 0.0
     slices = SliceSet.build(train_pairs, card.plane, card.input_spacing_mm, Normalization.from_json(card.normalization),
                             card.context)
-    return prior_entry(slices, card.labels, crop, mode)
+    return prior_entry(slices, card.labels, crop, mode, margin)
 
 
 def training_context(cfg: TrainConfig, images: Sequence[Volume], plane: str) -> Context:
