@@ -160,20 +160,14 @@ class SliceSet:
                 reach = max(1, int(round(margin_mm / max(self._slice_mm(v), 1e-3))))
                 k = int(torch.randint(1, reach + 1, (1,), generator=gen))
                 s = min(max(ref - k if below else ref + k, 0), x.shape[0] - 1)
-                pts = torch.nonzero(y[ref] == centre)
-                cy, cx = pts[int(torch.randint(len(pts), (1,), generator=gen))].tolist()
-                jitter = torch.randint(-crop // 4, crop // 4 + 1, (2,), generator=gen).tolist()
-                cy, cx = cy + jitter[0], cx + jitter[1]
+                cy, cx = _near(y[ref] == centre, gen, crop)
             elif centre is None:
                 s = int(torch.randint(x.shape[0], (1,), generator=gen))
                 cy, cx = int(torch.randint(h, (1,), generator=gen)), int(torch.randint(w, (1,), generator=gen))
             else:
                 slices = index[centre]
                 s = int(slices[torch.randint(len(slices), (1,), generator=gen)])
-                pts = torch.nonzero(y[s] > 0 if centre == ANY_STRUCTURE else y[s] == centre)
-                cy, cx = pts[int(torch.randint(len(pts), (1,), generator=gen))].tolist()
-                jitter = torch.randint(-crop // 4, crop // 4 + 1, (2,), generator=gen).tolist()
-                cy, cx = cy + jitter[0], cx + jitter[1]
+                cy, cx = _near(y[s] > 0 if centre == ANY_STRUCTURE else y[s] == centre, gen, crop)
             if self.context.used:
                 offsets = self.context.offsets(self.slice_mm[v])
                 xs.append(_crop(stack_tensor(x, [s], offsets)[0], cy, cx, crop))
@@ -238,6 +232,14 @@ def sampling_prior_offsets(slices: SliceSet, crop: int, mode: str = "balanced", 
     ok = (p_whole > 0) & (p_crops > 0)
     ratio = torch.log(p_whole.clamp_min(1e-12) / p_crops.clamp_min(1e-12))
     return {v: round(float(ratio[v] - ratio[0]), 4) if bool(ok[v] and ok[0]) else 0.0 for v in range(1, n)}
+
+
+def _near(mask: torch.Tensor, gen: torch.Generator, crop: int) -> tuple[int, int]:
+    """A crop centre: a random pixel of ``mask`` (H, W), moved by up to a quarter crop either way."""
+    pts = torch.nonzero(mask)
+    cy, cx = pts[int(torch.randint(len(pts), (1,), generator=gen))].tolist()
+    jitter = torch.randint(-crop // 4, crop // 4 + 1, (2,), generator=gen).tolist()
+    return cy + jitter[0], cx + jitter[1]
 
 
 def _crop(a: torch.Tensor, cy: int, cx: int, crop: int) -> torch.Tensor:
