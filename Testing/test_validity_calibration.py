@@ -25,17 +25,32 @@ def test_volume_scores_are_medians_of_finite_slices():
 def test_threshold_is_upper_quartile_with_margin():
     held = [1.2768, 1.0633, 1.2063, 1.0953, 1.0364]  # held-out scores, the data-seed-1 pelvis GASE model
     thr = calibrate_threshold(_slices(held))
-    assert thr == pytest.approx(1.25 * 1.2063)
+    assert thr == pytest.approx(1.35 * 1.2063)
     # 12 new source-style pelves (two subject streams) stay valid; the lowest OOD pelvis (CT-like) is flagged
     assert max([0.94, 1.12, 1.17, 1.18, 1.28, 1.32, 1.06, 1.07, 1.33, 1.42, 1.43, 1.49]) < thr < 1.94
     # the margin before 2026-12-05 (1.1) called 4 of them invalid
     assert calibrate_threshold(_slices(held), margin=1.1) < 1.33
 
 
+def test_the_margin_keeps_the_margin_runs_pelves_and_flags_its_corruptions():
+    """benchmarks/results/cpu-1000-data1-margin, GASE pelvis: held-out volume scores (its card) and the highest
+    style scores of new source-style subjects 400-799 and of the run's motion-corrupted and CT-like pelves."""
+    held = [1.0878, 1.3067, 1.3411, 1.2787, 1.3147, 1.0246, 1.1858, 1.1635, 1.2395, 1.2027, 1.1746, 1.347, 1.3612,
+            1.3716, 1.365, 1.0368, 1.2747, 1.2661, 1.3429, 1.2003, 0.9962, 1.3333, 1.236, 1.2439, 1.1854]
+    top_new = [1.658, 1.687, 1.702, 1.717, 1.809, 2.053]
+    from gase.validity import threshold_from_volume_scores
+
+    thr = threshold_from_volume_scores(held)
+    assert thr == pytest.approx(1.80, abs=0.005)
+    assert sum(s > thr for s in top_new) == 2  # 1.25 (threshold 1.67) called all but the first invalid
+    assert sum(s > threshold_from_volume_scores(held, margin=1.25) for s in top_new) == 5
+    assert thr < min(2.72, 2.09)  # lowest motion-corrupted and CT-like pelvis
+
+
 def test_one_outlying_subject_does_not_open_the_gate():
     held = [2.307, 2.762, 3.551, 3.724, 12.392]  # pelvis: one training subject unlike the others
     thr = calibrate_threshold(_slices(held))
-    assert thr == pytest.approx(1.25 * 3.724)  # the outlier does not set it
+    assert thr == pytest.approx(1.35 * 3.724)  # the outlier does not set it
     assert calibrate_threshold(_slices(held), quantile=1.0, margin=1.0) == pytest.approx(12.392)
 
 
@@ -84,7 +99,8 @@ def test_fit_counts_the_augmented_copies_and_is_deterministic():
     fields = fit.card_fields()
     assert fields["augmented_copies"] == 3 and fields["threshold"] == round(fit.threshold, 4) > 0
     assert fields["heldout_augmented_copies"] == 4 and len(fields["heldout_volume_scores"]) == 25
-    assert "1.25 x upper quartile" in fields["calibration"] and "4 augmented copies" in fields["calibration"]
+    assert "1.35 x upper quartile" in fields["calibration"] and "4 augmented copies" in fields["calibration"]
+    assert fields["margin"] == 1.35
     again = fit_validity(_stats_features, train, val, copies=3)
     assert again.threshold == fit.threshold
     plain = fit_validity(_stats_features, train, val, copies=0, heldout_copies=0)
@@ -145,3 +161,56 @@ def test_refit_rewrites_the_manifolds_of_a_trained_model_and_its_expert(tiny_mod
         assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-4) for k in a)
     res = Predictor.from_folder(folder, device="cpu").predict(pairs[4][0])  # checksums hold, verdict uses it
     assert res.validity.threshold == pytest.approx(new.validity["threshold"])
+
+
+# ---- the margin of the threshold rule (gase.validity.VERDICT_MARGIN) and re-thresholding older models ----
+
+def test_threshold_from_stored_volume_scores_matches_the_calibration():
+    from gase.validity import VERDICT_MARGIN, threshold_from_volume_scores
+
+    held = [1.2768, 1.0633, 1.2063, 1.0953, 1.0364]
+    assert threshold_from_volume_scores(held) == pytest.approx(calibrate_threshold(_slices(held)))
+    assert threshold_from_volume_scores(held) == pytest.approx(VERDICT_MARGIN * 1.2063)
+    assert threshold_from_volume_scores(held, margin=1.0, quantile=1.0) == pytest.approx(1.2768)
+    with pytest.raises(ValueError, match="no held-out"):
+        threshold_from_volume_scores([])
+
+
+def test_recalibrate_sets_the_threshold_from_the_cards_scores_and_keeps_the_rest(tiny_model, tmp_path):
+    """A model exported with another margin gets this version's threshold from the held-out scores its card
+    stores, without its network: the manifolds, weights and the expert's routing threshold stay; the predictor
+    then judges with the new threshold."""
+    import json
+    import shutil
+
+    import numpy as np
+
+    from gase.model_card import load_card
+    from gase.predictor import Predictor
+    from gase.training.validity_fit import recalibrate_threshold
+    from gase.validity import VERDICT_MARGIN
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder)
+    card = json.loads((folder / "model.json").read_text())
+    assert card["validity"]["margin"] == VERDICT_MARGIN  # training writes the margin it used
+    uq = float(np.quantile(card["validity"]["heldout_volume_scores"], 0.75))
+    card["validity"]["threshold"], card["validity"]["margin"] = round(1.1 * uq, 4), 1.1  # as an older export
+    card["validity"]["calibration"] = card["validity"]["calibration"].replace(f"{VERDICT_MARGIN:g} x", "1.1 x")
+    (folder / "model.json").write_text(json.dumps(card))
+    before, after = recalibrate_threshold(folder)
+    assert before == round(1.1 * uq, 4) and after == pytest.approx(VERDICT_MARGIN * uq, abs=1e-4)
+    new = load_card(folder)  # checksums verified
+    assert new.validity["threshold"] == after and new.validity["margin"] == VERDICT_MARGIN
+    assert new.validity["calibration"].startswith(f"{VERDICT_MARGIN:g} x upper quartile")
+    assert "4 augmented copies" in new.validity["calibration"]
+    assert new.files == card["files"]
+    assert new.source_expert["validity"] == card["source_expert"]["validity"]
+    assert Predictor.from_folder(folder).card.validity["threshold"] == after
+    # a card without stored held-out scores cannot be re-thresholded this way: it says what to do instead
+    card = json.loads((folder / "model.json").read_text())
+    card["validity"].pop("heldout_volume_scores")
+    (folder / "model.json").write_text(json.dumps(card))
+    with pytest.raises(ValueError, match="refit_validity"):
+        recalibrate_threshold(folder)
+    assert json.loads((folder / "model.json").read_text())["validity"]["threshold"] == after  # nothing written

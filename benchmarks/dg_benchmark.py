@@ -314,10 +314,12 @@ def upgrade_reused_card(folder: Path, train_pairs, val_pairs) -> None:
     checked by :func:`reused_training`): ``validity.training_foreground_ml`` (2026-11-28); the style manifold
     fitted with augmented copies of the training slices and its threshold (2026-12-05; calibrated on augmented
     copies of the held-out volumes too since the evening of 2026-12-05,
-    :func:`gase.training.validity_fit.refit_validity`; a source expert in the folder too)."""
+    :func:`gase.training.validity_fit.refit_validity`; a source expert in the folder too); the threshold at this
+    version's margin (:data:`gase.validity.VERDICT_MARGIN`, 2026-12-06) from the held-out scores its card stores
+    (:func:`gase.training.validity_fit.recalibrate_threshold`)."""
     from gase.model_card import load_card, write_card
-    from gase.training.validity_fit import refit_validity
-    from gase.validity import largest_foreground_ml
+    from gase.training.validity_fit import recalibrate_threshold, refit_validity
+    from gase.validity import VERDICT_MARGIN, largest_foreground_ml
 
     card = load_card(folder)
     if "training_foreground_ml" not in card.validity:
@@ -332,6 +334,10 @@ def upgrade_reused_card(folder: Path, train_pairs, val_pairs) -> None:
               f"slices, threshold calibrated on the held-out volumes and {fit.heldout_copies} augmented copies of "
               f"each; threshold {before} -> {fit.threshold:.4f}"
               + (" (and its source expert's, as a router)" if card.source_expert else ""), flush=True)
+    if load_card(folder).validity.get("margin") != VERDICT_MARGIN:
+        before, after = recalibrate_threshold(folder)
+        print(f"  {folder.name}: threshold at margin {VERDICT_MARGIN:g} x the upper quartile of its held-out volume "
+              f"scores: {before} -> {after}", flush=True)
 
 
 def with_source_expert(folder: Path, erm_folder: Path, record: dict, train_pairs, val_pairs) -> dict:

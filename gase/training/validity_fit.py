@@ -39,7 +39,8 @@ import torch
 from ..fsutil import save_tensors
 from ..model_card import load_card, write_card
 from ..preprocess import Normalization, pad_to_multiple
-from ..validity import StyleManifold, calibrate_threshold, heldout_volume_scores
+from ..validity import (VERDICT_MARGIN, StyleManifold, calibrate_threshold, heldout_volume_scores,
+                        threshold_from_volume_scores)
 from .augment import standard_augment
 
 AUGMENTED_COPIES = 4  # augmented copies of each training slice the manifold is fitted on
@@ -55,7 +56,7 @@ class ValidityFit:
     heldout_scores: list[np.ndarray]  # content-slice scores of each held-out volume
     fitted_on_slices: int
     copies: int
-    margin: float = 1.25
+    margin: float = VERDICT_MARGIN
     heldout_copies: int = 0
 
     def card_fields(self) -> dict:
@@ -63,12 +64,18 @@ class ValidityFit:
         return {"threshold": round(self.threshold, 4),
                 "score": "median over slices of (Mahalanobis in PCA subspace + off-subspace residual)/2, "
                          "1 ~ training slices",
-                "calibration": f"{self.margin:g} x {CALIBRATION}" + (
-                    f", each also as {self.heldout_copies} augmented copies" if self.heldout_copies else ""),
+                "calibration": calibration_text(self.margin, self.heldout_copies),
+                "margin": self.margin,
                 "heldout_volume_scores": [round(v, 4) for v in heldout_volume_scores(self.heldout_scores)],
                 "fitted_on_slices": self.fitted_on_slices,
                 "augmented_copies": self.copies,
                 "heldout_augmented_copies": self.heldout_copies}
+
+
+def calibration_text(margin: float, heldout_copies: int) -> str:
+    """The card's ``validity.calibration`` wording of a threshold rule."""
+    return f"{margin:g} x {CALIBRATION}" + (
+        f", each also as {heldout_copies} augmented copies" if heldout_copies else "")
 
 
 def content_scores(scores: np.ndarray, images: torch.Tensor) -> np.ndarray:
@@ -91,7 +98,7 @@ def augmented(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def fit_validity(features_of: Callable[[torch.Tensor], np.ndarray], train_images: Sequence[torch.Tensor],
-                 val_images: Sequence[torch.Tensor], *, copies: int = AUGMENTED_COPIES, margin: float = 1.25,
+                 val_images: Sequence[torch.Tensor], *, copies: int = AUGMENTED_COPIES, margin: float = VERDICT_MARGIN,
                  heldout_copies: int = HELDOUT_COPIES, seed: int = 0) -> ValidityFit:
     """Fit the manifold and calibrate the threshold. ``features_of`` maps canonical slices (S, H, W) at the
     model spacing, or their context stacks (S, C, H, W) for a model with context, to validity features (S, F); ``train_images`` / ``val_images`` hold one such tensor per
@@ -176,8 +183,28 @@ def refit_validity(folder: str | Path, train_pairs, val_pairs, *, copies: int = 
     if EXPERT_FILES["validity"] in fits:
         ev = fits[EXPERT_FILES["validity"]].card_fields()
         card.source_expert["validity"] = {**card.source_expert.get("validity", {}),
-                                          **{k: ev[k] for k in ("threshold", "calibration", "heldout_volume_scores",
-                                                                "fitted_on_slices", "augmented_copies",
-                                                                "heldout_augmented_copies")}}
+                                          **{k: ev[k] for k in ("threshold", "calibration", "margin",
+                                                                "heldout_volume_scores", "fitted_on_slices",
+                                                                "augmented_copies", "heldout_augmented_copies")}}
     write_card(card, folder)
     return fits
+
+
+def recalibrate_threshold(folder: str | Path, margin: float = VERDICT_MARGIN) -> tuple[float, float]:
+    """Set the validity threshold of the model in ``folder`` to ``margin`` x the upper quartile of the held-out
+    volume scores its card stores (``validity.heldout_volume_scores``): the threshold rule of this version for a
+    model exported under an earlier one (the margin was 1.25 from 2026-12-05 to 2026-12-06), without running
+    its network. The manifold and a source expert's routing threshold stay as they are. Rewrites the card
+    atomically; returns the (old, new) threshold."""
+    folder = Path(folder)
+    card = load_card(folder)
+    scores = card.validity.get("heldout_volume_scores") or []
+    if not scores:
+        raise ValueError(f"{folder}: the model card stores no validity.heldout_volume_scores; fit its validity "
+                         "again (gase.training.validity_fit.refit_validity) instead")
+    before = float(card.validity["threshold"])
+    after = round(threshold_from_volume_scores(scores, margin=margin), 4)
+    card.validity = {**card.validity, "threshold": after, "margin": margin,
+                     "calibration": calibration_text(margin, int(card.validity.get("heldout_augmented_copies", 0)))}
+    write_card(card, folder)
+    return before, after
