@@ -206,7 +206,10 @@ def test_recalibrate_sets_the_threshold_from_the_cards_scores_and_keeps_the_rest
     assert "4 augmented copies" in new.validity["calibration"]
     assert new.files == card["files"]
     assert new.source_expert["validity"] == card["source_expert"]["validity"]
+    assert new.validity["earlier_thresholds"] == [{"threshold": before, "calibration": card["validity"]["calibration"]}]
     assert Predictor.from_folder(folder).card.validity["threshold"] == after
+    assert recalibrate_threshold(folder) == (after, after)  # already at this margin: nothing written
+    assert len(load_card(folder).validity["earlier_thresholds"]) == 1
     # a card without stored held-out scores cannot be re-thresholded this way: it says what to do instead
     card = json.loads((folder / "model.json").read_text())
     card["validity"].pop("heldout_volume_scores")
@@ -214,3 +217,35 @@ def test_recalibrate_sets_the_threshold_from_the_cards_scores_and_keeps_the_rest
     with pytest.raises(ValueError, match="refit_validity"):
         recalibrate_threshold(folder)
     assert json.loads((folder / "model.json").read_text())["validity"]["threshold"] == after  # nothing written
+
+
+def test_gase_models_recalibrate_and_the_listing_hint(tiny_model, tmp_path, capsys, monkeypatch):
+    """`gase models` points at a model whose threshold follows an earlier rule; `gase models --recalibrate FOLDER`
+    sets this version's, says so, and a second call changes nothing."""
+    import json
+    import shutil
+
+    from gase.cli import main
+    from gase.model_card import load_card
+
+    models = tmp_path / "models"
+    folder = models / "old-knee"
+    shutil.copytree(tiny_model, folder)
+    card = json.loads((folder / "model.json").read_text())
+    card["validity"]["margin"], card["validity"]["threshold"] = 1.25, 1.0
+    (folder / "model.json").write_text(json.dumps(card))
+    monkeypatch.setenv("GASE_MODELS_DIR", str(models))
+    assert main(["models"]) == 0
+    listing = capsys.readouterr().out
+    assert "validity threshold by an earlier rule" in listing and f"--recalibrate {folder}" in listing
+    assert main(["models", "--recalibrate", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "validity threshold 1.0 ->" in out and "earlier_thresholds" in out
+    assert load_card(folder).validity["threshold"] != 1.0
+    assert main(["models", "--recalibrate", str(folder)]) == 0
+    assert "nothing changed" in capsys.readouterr().out
+    assert main(["models"]) == 0
+    assert "earlier rule" not in capsys.readouterr().out
+    # a folder that is no model: the error names it
+    assert main(["models", "--recalibrate", str(tmp_path / "nothing")]) != 0
+    assert "no such model folder" in capsys.readouterr().err

@@ -15,7 +15,8 @@ The rule (fixed on 2026-12-06 before the counts of the choosing stream were seen
 grid at which, on the choosing stream, each anatomy calls at most ``--allow`` subjects invalid and every OOD
 volume is still flagged. That margin is then counted on the checking stream(s), which played no part in it.
 
-    python -m benchmarks.threshold_rule benchmarks/results/cpu-1000-data1-margin --choose-on 800
+    python -m benchmarks.threshold_rule benchmarks/results/cpu-1000-data1-margin --choose-on 800 \\
+        --counts benchmarks/results/cpu-1000-data1-margin/margin_choice
 
 Prints one table per anatomy and the chosen margin; ``--json`` writes them.
 """
@@ -50,16 +51,17 @@ def invalid_at(validity: dict, threshold: float) -> bool:
     return bool(others) or not float(validity["score"]) <= threshold
 
 
-def recount(run: Path, anatomy: str, margins=GRID) -> dict:
-    """Counts at each margin for one anatomy of ``run``."""
+def recount(run: Path, anatomy: str, margins=GRID, counts: Path | None = None) -> dict:
+    """Counts at each margin for one anatomy of ``run`` (false-invalid JSONs in ``counts``, default ``run``)."""
     card = json.loads((run / anatomy / "models" / f"{anatomy}-gase" / "model.json").read_text())
     uq = upper_quartile(card)
     streams = {}
-    for f in sorted(run.glob(f"false_invalid_{anatomy}*.json")):
+    for f in sorted((counts or run).glob(f"false_invalid_{anatomy}*.json")):
         d = json.loads(f.read_text())
         streams[int(d.get("first_subject", 0))] = [r["validity"] for r in d["records"]]
     if not streams:
-        raise SystemExit(f"{run} holds no false_invalid_{anatomy}*.json: run benchmarks/false_invalid.py first")
+        raise SystemExit(f"{counts or run} holds no false_invalid_{anatomy}*.json: run benchmarks/false_invalid.py "
+                         "first")
     records = json.loads((run / "results.json").read_text())["anatomies"][anatomy]["methods"]["gase"]["records"]
     ood = [r for r in records if r["group"] == "ood"]
     unseen = [r for r in records if r["group"] == "unseen"]
@@ -95,12 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--anatomy", nargs="+", default=["knee", "pelvis"])
     ap.add_argument("--choose-on", type=int, required=True,
                     help="first subject of the stream the margin is chosen on (its false_invalid JSON's --first)")
+    ap.add_argument("--counts", type=Path, help="folder of the false_invalid JSONs (default: the run folder)")
     ap.add_argument("--allow", type=int, default=1, help="invalid calls allowed on the choosing stream (default 1)")
     ap.add_argument("--json", type=Path, help="write the tables and the choice here")
     a = ap.parse_args(argv)
     if not (a.run / "results.json").is_file():
         ap.error(f"{a.run} holds no results.json: pass a benchmark results folder")
-    tables = [recount(a.run, an) for an in a.anatomy]
+    tables = [recount(a.run, an, counts=a.counts) for an in a.anatomy]
     for t in tables:
         if a.choose_on not in t["streams"]:
             ap.error(f"{t['anatomy']}: no false_invalid JSON of the stream starting at subject {a.choose_on} "

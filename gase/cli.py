@@ -98,7 +98,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from .model_card import install_model, list_models
+    from .validity import VERDICT_MARGIN
 
+    if args.recalibrate:
+        from .model_card import load_card
+        from .training.validity_fit import recalibrate_threshold
+
+        folder = Path(args.recalibrate)
+        card = load_card(folder)  # a clear error for a folder that is not a model
+        if not card.validity.get("heldout_volume_scores"):
+            print(f"{folder}: its card stores no held-out validity scores (a model exported before 2026-12-05); "
+                  "train it again with this version to get this version's validity threshold.", file=sys.stderr)
+            return 2
+        before, after = recalibrate_threshold(folder)
+        if before == after:
+            print(f"{card.name}: the validity threshold is already set by this version's rule ({after}, "
+                  f"{VERDICT_MARGIN:g} x the upper quartile of its held-out scores); nothing changed.")
+        else:
+            print(f"{card.name}: validity threshold {before} -> {after} ({VERDICT_MARGIN:g} x the upper quartile "
+                  f"of its held-out scores; the earlier one is kept in the card under validity.earlier_thresholds)")
+        return 0
     if args.install:
         card = install_model(Path(args.install), Path(args.models_dir) if args.models_dir else None,
                              overwrite=args.overwrite)
@@ -113,6 +132,9 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"{c.name:20s} {c.version:8s} {c.anatomy:8s} {c.plane:9s} "
               f"labels: {', '.join(lab.name for lab in c.labels)}"
               f"{'' if dice is None else f'  val Dice {dice:.3f}'}\n    {c.folder}")
+        if c.validity.get("heldout_volume_scores") and c.validity.get("margin") != VERDICT_MARGIN:
+            print(f"    validity threshold by an earlier rule: `gase models --recalibrate {c.folder}` sets this "
+                  "version's")
     return 0
 
 
@@ -214,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--install", default=None, metavar="PATH", help="model folder or .zip to install")
     p.add_argument("--models-dir", default=None, help="where to install (default: ~/.gase/models)")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--recalibrate", default=None, metavar="FOLDER",
+                   help="set the validity threshold of the model in FOLDER by this version's rule, from the "
+                        "held-out scores its card stores (models trained before 2026-12-06 used a tighter one)")
     p.set_defaults(func=cmd_models)
     return parser
 

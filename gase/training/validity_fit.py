@@ -194,8 +194,9 @@ def recalibrate_threshold(folder: str | Path, margin: float = VERDICT_MARGIN) ->
     """Set the validity threshold of the model in ``folder`` to ``margin`` x the upper quartile of the held-out
     volume scores its card stores (``validity.heldout_volume_scores``): the threshold rule of this version for a
     model exported under an earlier one (the margin was 1.25 from 2026-12-05 to 2026-12-06), without running
-    its network. The manifold and a source expert's routing threshold stay as they are. Rewrites the card
-    atomically; returns the (old, new) threshold."""
+    its network. The manifold and a source expert's routing threshold stay as they are; the threshold replaced
+    is kept in the card (``validity.earlier_thresholds``). Rewrites the card atomically; returns the (old, new)
+    threshold (the same twice, and nothing written, when the card already has this margin)."""
     folder = Path(folder)
     card = load_card(folder)
     scores = card.validity.get("heldout_volume_scores") or []
@@ -203,8 +204,12 @@ def recalibrate_threshold(folder: str | Path, margin: float = VERDICT_MARGIN) ->
         raise ValueError(f"{folder}: the model card stores no validity.heldout_volume_scores; fit its validity "
                          "again (gase.training.validity_fit.refit_validity) instead")
     before = float(card.validity["threshold"])
+    if card.validity.get("margin") == margin:
+        return before, before
     after = round(threshold_from_volume_scores(scores, margin=margin), 4)
-    card.validity = {**card.validity, "threshold": after, "margin": margin,
+    earlier = [*card.validity.get("earlier_thresholds", []),
+               {"threshold": before, "calibration": card.validity.get("calibration", "")}]
+    card.validity = {**card.validity, "threshold": after, "margin": margin, "earlier_thresholds": earlier,
                      "calibration": calibration_text(margin, int(card.validity.get("heldout_augmented_copies", 0)))}
     write_card(card, folder)
     return before, after
