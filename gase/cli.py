@@ -100,6 +100,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     from .model_card import install_model, list_models
     from .validity import VERDICT_MARGIN
 
+    if args.recalibrate and args.install:
+        print("gase models: give --install or --recalibrate, not both.", file=sys.stderr)
+        return 2
     if args.recalibrate:
         from .model_card import load_card
         from .training.validity_fit import recalibrate_threshold
@@ -118,6 +121,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             print(f"{card.name}: validity threshold {before} -> {after} ({VERDICT_MARGIN:g} x the upper quartile "
                   f"of its held-out scores; the earlier one is kept in the card under validity.earlier_thresholds)")
         return 0
+
     if args.install:
         card = install_model(Path(args.install), Path(args.models_dir) if args.models_dir else None,
                              overwrite=args.overwrite)
