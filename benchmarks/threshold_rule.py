@@ -27,7 +27,7 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
+from gase.validity import threshold_from_volume_scores
 
 from .false_invalid import upper_bound
 
@@ -41,7 +41,7 @@ def upper_quartile(card: dict) -> float:
         raise SystemExit("the model card holds no validity.heldout_volume_scores: a model exported before "
                          "2026-12-05 cannot be recounted; refit its validity first (benchmarks.dg_benchmark "
                          "--reuse-models does)")
-    return float(np.quantile(np.asarray(scores, dtype=np.float64), 0.75))
+    return threshold_from_volume_scores(scores, margin=1.0)
 
 
 def invalid_at(validity: dict, threshold: float) -> bool:

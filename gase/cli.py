@@ -109,11 +109,12 @@ def cmd_models(args: argparse.Namespace) -> int:
 
         folder = Path(args.recalibrate)
         card = load_card(folder)  # a clear error for a folder that is not a model
-        if not card.validity.get("heldout_volume_scores"):
+        try:
+            before, after = recalibrate_threshold(folder)
+        except ValueError:  # no held-out scores in the card: nothing to set the threshold from
             print(f"{folder}: its card stores no held-out validity scores (a model exported before 2026-12-05); "
                   "train it again with this version to get this version's validity threshold.", file=sys.stderr)
             return 2
-        before, after = recalibrate_threshold(folder)
         if before == after:
             print(f"{card.name}: the validity threshold is already set by this version's rule ({after}, "
                   f"{VERDICT_MARGIN:g} x the upper quartile of its held-out scores); nothing changed.")
