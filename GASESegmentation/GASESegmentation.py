@@ -121,6 +121,7 @@ class GASESegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.timer.connect("timeout()", self.onPoll)
 
         self.ui.applyButton.connect("clicked(bool)", self.onApplyOrCancel)
+        self.ui.updateThresholdButton.connect("clicked(bool)", lambda _: self.onUpdateThreshold())
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputChanged)
         self.ui.thresholdSlider.connect("valueChanged(double)", self.onThresholdChanged)
@@ -197,11 +198,18 @@ class GASESegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if card is None:
             self.ui.modelInfoLabel.text = _("No model found. Add one with <b>Add...</b>.")
             return
-        labels = ", ".join(lab.name for lab in card.labels)
-        self.ui.modelInfoLabel.text = (f"<small>{card.anatomy} {card.modality}, {card.plane} slices; {labels}."
-                                       f"<br/>{card.description}</small>")
+        self.ui.modelInfoLabel.text = self.logic.model_info(card)
+        self.ui.updateThresholdButton.visible = self.logic.validity_threshold_outdated(card)
         if self._parameterNode:
             self._parameterNode.modelFolder = folder
+
+    def onUpdateThreshold(self) -> None:
+        folder = self._selectedModelFolder()
+        with slicer.util.tryWithErrorDisplay(_("The validity threshold could not be updated."), waitCursor=True):
+            before, after = self.logic.update_validity_threshold(folder)
+            slicer.util.showStatusMessage(_("Validity threshold {before} -> {after}").format(before=before,
+                                                                                           after=after), 5000)
+            self.refreshModels()
 
     def onAddModel(self, folder: bool) -> None:
         if folder:

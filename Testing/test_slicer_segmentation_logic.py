@@ -185,3 +185,41 @@ def test_models_list_the_shipped_and_the_installed_ones(tiny_model, tmp_path, mo
         logic.install_model(tiny_model)
     extra = GASESegmentationLogic(models_dirs=[tiny_model])
     assert any(c.folder == tiny_model.resolve() for c in extra.models())
+
+
+def test_an_installed_model_with_an_earlier_threshold_rule_is_pointed_at_and_updated(tiny_model, tmp_path,
+                                                                                     monkeypatch):
+    """The model selector says when an installed model's validity threshold follows an earlier rule, and the
+    logic behind its Update threshold button sets this version's (the earlier one kept in the card); a card
+    that cannot be updated gets an error saying why and what to do."""
+    import json
+
+    from gase.errors import InputError
+    from gase.model_card import load_card
+    from gase.validity import VERDICT_MARGIN
+    from GASESegmentationLib.logic import GASESegmentationLogic
+
+    monkeypatch.setenv("GASE_USER_MODELS_DIR", str(tmp_path / "user-models"))
+    logic = GASESegmentationLogic()
+    card = logic.install_model(tiny_model)
+    assert not logic.validity_threshold_outdated(card) and "earlier rule" not in logic.model_info(card)
+    data = json.loads((card.folder / "model.json").read_text())
+    data["validity"]["margin"], data["validity"]["threshold"] = 1.25, 1.0  # as exported before 2026-12-06
+    (card.folder / "model.json").write_text(json.dumps(data))
+    old = next(c for c in logic.models() if c.folder == card.folder)
+    assert logic.validity_threshold_outdated(old)
+    info = logic.model_info(old)
+    assert "earlier rule" in info and "Update threshold" in info and old.description in info
+    before, after = logic.update_validity_threshold(card.folder)
+    new = load_card(card.folder)
+    assert before == 1.0 and after == new.validity["threshold"] > 1.0 and new.validity["margin"] == VERDICT_MARGIN
+    assert new.validity["earlier_thresholds"][0]["threshold"] == 1.0
+    assert not logic.validity_threshold_outdated(new) and "earlier rule" not in logic.model_info(new)
+    assert "earlier_thresholds" not in load_card(tiny_model).validity  # the installed copy only, not its source
+    data = json.loads((card.folder / "model.json").read_text())
+    data["validity"].pop("heldout_volume_scores")
+    data["validity"]["margin"] = 1.25
+    (card.folder / "model.json").write_text(json.dumps(data))
+    with pytest.raises(InputError, match="train the model again"):
+        logic.update_validity_threshold(card.folder)
+    assert json.loads((card.folder / "model.json").read_text())["validity"]["threshold"] == after

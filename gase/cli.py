@@ -128,6 +128,8 @@ def cmd_models(args: argparse.Namespace) -> int:
                              overwrite=args.overwrite)
         print(f"Installed {card.title} ({card.name} {card.version}) to {card.folder}")
         return 0
+    from .training.validity_fit import threshold_is_outdated
+
     cards = list_models()
     if not cards:
         print("No models found. The shipped demo model lives in Resources/Models/knee-demo.")
@@ -137,7 +139,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"{c.name:20s} {c.version:8s} {c.anatomy:8s} {c.plane:9s} "
               f"labels: {', '.join(lab.name for lab in c.labels)}"
               f"{'' if dice is None else f'  val Dice {dice:.3f}'}\n    {c.folder}")
-        if c.validity.get("heldout_volume_scores") and c.validity.get("margin") != VERDICT_MARGIN:
+        if threshold_is_outdated(c):
             print(f"    validity threshold by an earlier rule: `gase models --recalibrate {c.folder}` sets this "
                   "version's")
     return 0

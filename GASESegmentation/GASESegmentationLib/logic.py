@@ -118,6 +118,38 @@ class GASESegmentationLogic:
         """Validate and copy a model folder or ``.zip`` into the user's models folder."""
         return install_model(Path(source), models_dir or user_models_dir(), overwrite=overwrite)
 
+    @staticmethod
+    def model_info(card: ModelCard) -> str:
+        """The model selector's description of ``card`` (rich text), with a line when its validity threshold
+        was set by an earlier rule (:meth:`update_validity_threshold` sets this version's)."""
+        labels = ", ".join(lab.name for lab in card.labels)
+        text = f"<small>{card.anatomy} {card.modality}, {card.plane} slices; {labels}.<br/>{card.description}"
+        if GASESegmentationLogic.validity_threshold_outdated(card):
+            text += ("<br/><b>Its validity threshold follows an earlier rule</b> (more valid scans called "
+                     "invalid): <i>Update threshold</i> sets this version's.")
+        return text + "</small>"
+
+    @staticmethod
+    def validity_threshold_outdated(card: ModelCard) -> bool:
+        """Whether ``card``'s validity threshold was set by an earlier rule and can be updated from the held-out
+        scores the card stores (:func:`gase.training.validity_fit.threshold_is_outdated`)."""
+        from gase.training.validity_fit import threshold_is_outdated
+
+        return threshold_is_outdated(card)
+
+    @staticmethod
+    def update_validity_threshold(folder) -> tuple[float, float]:
+        """Give the model in ``folder`` this version's validity threshold (``gase models --recalibrate``); the
+        earlier threshold stays in its card. Returns (old, new). A card without held-out scores: InputError."""
+        from gase.training.validity_fit import recalibrate_threshold
+
+        try:
+            return recalibrate_threshold(Path(folder))
+        except ValueError as exc:
+            raise InputError(f"{folder}: the model card stores no held-out validity scores (a model exported "
+                             "before 2026-12-05), so its threshold cannot be updated here; train the model "
+                             "again with this version.") from exc
+
     # -- running ---------------------------------------------------------------------------------
     def start(self, input_volume, model_folder=None, device: str = "auto") -> Run:
         """Start segmenting ``input_volume`` in a background process; poll the returned :class:`Run`."""
