@@ -223,3 +223,20 @@ def test_an_installed_model_with_an_earlier_threshold_rule_is_pointed_at_and_upd
     with pytest.raises(InputError, match="train the model again"):
         logic.update_validity_threshold(card.folder)
     assert json.loads((card.folder / "model.json").read_text())["validity"]["threshold"] == after
+
+
+def test_the_model_panel_needs_no_torch(tmp_path):
+    """The panel lists the models and describes them (whether their threshold is outdated included) when the
+    module opens, before the first Apply installs torch: that path must not import torch (or scikit-learn)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from GASESegmentationLib.logic import GASESegmentationLogic as L; cards = L().models(); "
+            "texts = [L.model_info(c) for c in cards]; outdated = [L.validity_threshold_outdated(c) for c in cards]; "
+            "print('torch' in sys.modules, 'sklearn' in sys.modules, len(cards) > 0, "
+            "all(c.description in t for c, t in zip(cards, texts)), any(outdated))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "GASESegmentation"), str(ROOT)]),
+           "GASE_USER_MODELS_DIR": str(tmp_path)}  # the shipped demo model only
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False", "True", "True", "False"]

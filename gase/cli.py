@@ -97,7 +97,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .model_card import install_model, list_models
+    from .model_card import install_model, list_models, threshold_is_outdated
     from .validity import VERDICT_MARGIN
 
     if args.recalibrate and args.install:
@@ -128,8 +128,6 @@ def cmd_models(args: argparse.Namespace) -> int:
                              overwrite=args.overwrite)
         print(f"Installed {card.title} ({card.name} {card.version}) to {card.folder}")
         return 0
-    from .training.validity_fit import threshold_is_outdated
-
     cards = list_models()
     if not cards:
         print("No models found. The shipped demo model lives in Resources/Models/knee-demo.")

@@ -16,11 +16,14 @@ Why: a 2D network cannot tell a structure from tissue that looks like it in one 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .errors import ModelError
+
+if TYPE_CHECKING:  # torch only where a tensor is stacked: a model card is read without it (the Slicer panel)
+    import torch
 
 MAX_CONTEXT_SLICES = 9
 
@@ -97,6 +100,8 @@ def stack_tensor(volume: torch.Tensor, centres: torch.Tensor | np.ndarray, offse
                  nearest: bool = False) -> torch.Tensor:
     """:func:`stack_array` for a tensor volume (S, H, W) -> (B, C, H, W) in its dtype; ``nearest`` takes the
     closest slice instead of interpolating (label maps)."""
+    import torch
+
     centres = np.asarray(centres.cpu() if isinstance(centres, torch.Tensor) else centres)
     i0, i1, frac = _positions(centres, volume.shape[0], offsets)
     if nearest:

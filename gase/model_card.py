@@ -29,6 +29,7 @@ from .errors import ModelError
 from .fsutil import temp_file
 from .labels import LabelInfo, labels_from_json
 from .orientation import PLANES
+from .result import VERDICT_MARGIN
 
 SCHEMA_VERSION = 1
 MAX_CARD_BYTES = 1_000_000
@@ -458,3 +459,10 @@ def attach_source_expert(folder: str | os.PathLike, expert_folder: str | os.Path
     }
     write_card(card, folder)
     return card
+
+
+def threshold_is_outdated(card: ModelCard, margin: float = VERDICT_MARGIN) -> bool:
+    """Whether the validity threshold on ``card`` was set by an earlier rule than ``margin`` and
+    :func:`gase.training.validity_fit.recalibrate_threshold` can update it (the card stores held-out scores).
+    Torch-free: the Slicer panel asks it for every model it lists."""
+    return bool(card.validity.get("heldout_volume_scores")) and card.validity.get("margin") != margin

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from sklearn.covariance import ledoit_wolf
 
+from .result import VERDICT_MARGIN  # noqa: F401  (defined there: torch-free, for the Slicer panel)
+
 
 @dataclass
 class StyleManifold:
@@ -122,7 +124,8 @@ def heldout_volume_scores(heldout_slice_scores: list[np.ndarray]) -> list[float]
             if np.isfinite(np.asarray(s)).any()]
 
 
-VERDICT_MARGIN = 1.35  # the upper quartile of held-out volume scores is multiplied by this (calibrate_threshold)
+# VERDICT_MARGIN (gase.result, torch-free for the Slicer panel): the upper quartile of held-out volume scores is
+# multiplied by it (calibrate_threshold)
 
 
 def threshold_from_volume_scores(volume_scores, quantile: float = 0.75, margin: float | None = None) -> float:

@@ -26,7 +26,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from gase.errors import GeometryError, InputError
-from gase.model_card import ModelCard, default_model_folder, install_model, list_models, load_card, user_models_dir
+from gase.model_card import (ModelCard, default_model_folder, install_model, list_models, load_card, threshold_is_outdated,
+                              user_models_dir)
 from gase.orientation import PLANES, Reorientation, plane_of_slices, reorientation_for
 from gase.result import SegmentationResult, Validity
 from gase.volume import Volume, write_volume
@@ -132,9 +133,7 @@ class GASESegmentationLogic:
     @staticmethod
     def validity_threshold_outdated(card: ModelCard) -> bool:
         """Whether ``card``'s validity threshold was set by an earlier rule and can be updated from the held-out
-        scores the card stores (:func:`gase.training.validity_fit.threshold_is_outdated`)."""
-        from gase.training.validity_fit import threshold_is_outdated
-
+        scores the card stores (:func:`gase.model_card.threshold_is_outdated`; no torch needed)."""
         return threshold_is_outdated(card)
 
     @staticmethod

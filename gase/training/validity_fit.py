@@ -190,12 +190,6 @@ def refit_validity(folder: str | Path, train_pairs, val_pairs, *, copies: int = 
     return fits
 
 
-def threshold_is_outdated(card, margin: float = VERDICT_MARGIN) -> bool:
-    """Whether the validity threshold on ``card`` (a :class:`gase.model_card.ModelCard`) was set by an earlier
-    rule than ``margin`` and :func:`recalibrate_threshold` can update it (the card stores held-out scores)."""
-    return bool(card.validity.get("heldout_volume_scores")) and card.validity.get("margin") != margin
-
-
 def recalibrate_threshold(folder: str | Path, margin: float = VERDICT_MARGIN) -> tuple[float, float]:
     """Set the validity threshold of the model in ``folder`` to ``margin`` x the upper quartile of the held-out
     volume scores its card stores (``validity.heldout_volume_scores``): the threshold rule of this version for a
