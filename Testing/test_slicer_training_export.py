@@ -124,3 +124,21 @@ def test_bad_scene_data_is_refused_before_training(mrml_scene, knees, knee_cases
         export_training_set([TrainingPair(volume, seg)], tmp_path / "x", folders=[(tmp_path / "i", tmp_path / "l")])
     with pytest.raises(TrainingDataError, match="No training data"):
         export_training_set([], tmp_path / "x")
+
+
+def test_the_training_module_loads_without_torch():
+    """Slicer imports GASETraining.py (and with it GASETrainingLib.logic) at start-up, before Start installs
+    torch: that import must not need torch (or scikit-learn), or the module would not load at all."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = ("import sys; import GASETrainingLib.logic, GASESegmentationLib.messages; "
+            "print('torch' in sys.modules, 'sklearn' in sys.modules)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(p) for p in
+                                                       (root / "GASETraining", root / "GASESegmentation", root))}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False"]

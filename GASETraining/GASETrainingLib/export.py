@@ -30,7 +30,6 @@ import vtk
 
 from gase.errors import InputError, TrainingDataError
 from gase.labels import LabelInfo
-from gase.training.data import check_pair, check_same_anatomy, match_pairs
 from gase.volume import Volume, case_name, read_volume, write_volume
 
 from GASESegmentationLib.nodes import matrix_to_array, volume_from_node
@@ -150,6 +149,9 @@ def export_training_set(pairs: Sequence[TrainingPair], folder: Path, *, folders:
     single slices, mixed anatomies), so the user sees a bad scan before a process starts. Raises
     :class:`gase.errors.TrainingDataError` / :class:`gase.errors.InputError` with the fix in the message.
     """
+    # imported here: gase.training needs torch, which Start installs after the module has loaded
+    from gase.training.data import check_pair, check_same_anatomy, match_pairs
+
     folder = Path(folder)
     table = LabelTable(base_table)
     taken: set[str] = set()

@@ -11,12 +11,14 @@ in the core (:mod:`gase.preview`); this file only draws.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from gase.labels import LabelInfo
-from gase.preview import StylePreview
+
+if TYPE_CHECKING:  # gase.preview needs torch, which Start installs after the module has loaded
+    from gase.preview import StylePreview
 
 from .export import TrainingSet
 
@@ -85,6 +87,8 @@ def write_preview_png(preview: StylePreview, table: Sequence[LabelInfo], path, *
 
 def preview_png_from_file(npz_path, table: Sequence[LabelInfo], path) -> Path:
     """The PNG of a preview that ``gase train`` wrote (``<out>/training/preview.npz``)."""
+    from gase.preview import StylePreview
+
     return write_preview_png(StylePreview.load(npz_path), table, path)
 
 
