@@ -33,6 +33,7 @@ def _json_number(v: float | None) -> float | None:
     return None if v is None or not np.isfinite(v) else round(float(v), 4)
 
 
+VERDICT_MARGIN = 1.35  # validity threshold = this x the upper quartile of held-out volume scores (gase.validity)
 FOREGROUND_LIMIT = 2.5  # segmented structures larger than this many times the largest training total: invalid
 # A mask whose stability (gase.predictor.Predictor.stability: Dice against re-segmented views under small contrast
 # and size changes) is below this is not a segmentation of the anatomy the model learnt: invalid. Warm-started
@@ -40,7 +41,6 @@ FOREGROUND_LIMIT = 2.5  # segmented structures larger than this many times the l
 # measured 2026-12-05 (GASE models of four benchmark runs, 12 pelvis phantoms; the demo model 0.2.0 and a
 # warm-started retrain, 3 each): pelvis phantoms 0.40-0.63, every knee MR test volume of every style 0.78-0.93
 # (144), every pelvis MR test volume 0.68-0.91 (144). Chosen on those records; no MR test volume falls under it.
-VERDICT_MARGIN = 1.35  # validity threshold = this x the upper quartile of held-out volume scores (gase.validity)
 STABILITY_FLOOR = 0.65
 # A CT, not an MR image: MR magnitude images have no negative values, a CT in Hounsfield units has air at
 # -1000 and fat at -100. The benchmark's volumes (2026-11-28): CT-like knees 43-51% and pelvises 48-56% of
