@@ -65,3 +65,24 @@ def test_dg_probe_reports_dice_per_style_and_the_unseen_mean(tmp_path):
     torch.save(other.state_dict(), tmp_path / "other.pt")
     with pytest.raises(RuntimeError, match="size mismatch"):  # the checkpoint's networks are really loaded
         probe("erm", 1, settings, test_subjects=1, init=tmp_path / "other.pt")
+
+
+def test_the_report_header_counts_the_source_expert_once():
+    """GASE's training seconds include its source expert's, which is the ERM model of the same anatomy when
+    both are in the run: the header's training total counts those seconds once (it said 10139 s for a run of
+    8767 s: ERM 1372 + peer 2145 + GASE 6622 with the ERM expert inside)."""
+    from benchmarks.report import run_line, training_seconds
+
+    records = {"pelvis/erm": {"seconds": 1372.0}, "pelvis/randcurve": {"seconds": 2145.0},
+               "pelvis/gase": {"seconds": 6622.0, "source_expert_seconds": 1372.0},
+               "knee/gase": {"seconds": 500.0, "source_expert_seconds": 100.0}}
+    # the knee's expert was trained inside GASE's run (no knee ERM here): its seconds are GASE's own
+    assert training_seconds(records) == 1372.0 + 2145.0 + 6622.0 + 500.0 - 1372.0
+    assert training_seconds(records, ["pelvis/gase"]) == 6622.0  # alone, GASE's run holds its expert
+    assert training_seconds(records, ["pelvis/erm", "pelvis/gase"]) == 6622.0
+    meta = {"mode": "Full", "date": "2026-12-06", "machine": "CPU", "torch": "2.13.0", "monai": "1.6.1",
+            "iterations": 2000, "batch_size": 8, "crop": 128, "scale": 1.0, "test_subjects": 6, "ood_subjects": 3,
+            "training": {k: v for k, v in records.items() if k.startswith("pelvis")}, "wall_s": {"total": 9000.0}}
+    assert "8767 s of it training" in run_line(meta)
+    reused = {**meta, "training": {k: {**v, "reused_from": "x"} for k, v in meta["training"].items()}}
+    assert "(8767 s of training)" in run_line(reused)

@@ -204,18 +204,32 @@ def _validity(a: dict) -> list[str]:
                    "flagged: unseen MR styles", "Spearman(score, Dice), unseen"], rows)
 
 
+def training_seconds(records: dict, keys=None) -> float:
+    """Seconds of training of the runs ``keys`` of ``records`` (``meta["training"]``, keyed "anatomy/method";
+    default all), each model counted once: a GASE model's seconds include its source expert's
+    (``source_expert_seconds``), which is the same anatomy's ERM model when that is in ``records`` too."""
+    total = 0.0
+    for k in records if keys is None else keys:
+        v = records[k]
+        total += float(v.get("seconds", 0.0))
+        erm = f"{k.split('/')[0]}/erm"
+        if erm != k and erm in records and (keys is None or erm in keys):
+            total -= float(v.get("source_expert_seconds", 0.0))
+    return total
+
+
 def run_line(meta: dict) -> str:
     """One sentence: which run, on which machine, with which budget."""
     wall = meta.get("wall_s", {})
     budget = meta.get("train_seconds_budget")
     sized = f", sized by a timing probe to about {budget:.0f} s of training in all" if budget else ""
-    train_s = sum(v.get("seconds", 0.0) for v in meta.get("training", {}).values())
     records = meta.get("training", {})
+    train_s = training_seconds(records)
     reused = sorted(k for k, v in records.items() if "reused_from" in v)
     fresh = sorted(k for k in records if k not in reused)
     if reused and fresh:  # --reuse-models --retrain
         timing = (f"wall time {wall.get('total', float('nan')):.0f} s; {', '.join(fresh)} trained here "
-                  f"({sum(records[k].get('seconds', 0.0) for k in fresh):.0f} s of training), "
+                  f"({training_seconds(records, fresh):.0f} s of training), "
                   f"{', '.join(reused)} trained by an earlier run with the same settings and re-evaluated here "
                   "(`--reuse-models --retrain`).")
     elif reused:
