@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks.diagnose import case_numbers, main, slice_oracle, summarize
+from benchmarks.diagnose import case_numbers, main, reliability_markdown, reliability_summary, slice_oracle, summarize
 
 NAMES = {0: "background", 1: "body", 2: "prostate"}
 
@@ -55,7 +55,50 @@ def test_cli_on_the_tiny_model(tiny_model, tmp_path, capsys, one_thread):
     assert all(0.0 <= v <= 1.0 for v in d["dice"].values())
     assert all(d["slice_oracle"][k] >= d["dice"][k] - 1e-9 for k in d["dice"])  # the oracle only removes errors
     assert res["unseen_slice_oracle"] >= res["unseen_dice"] - 1e-9
+    assert "reliability" not in res  # only when asked
     with pytest.raises(SystemExit):  # never overwrites
         main([str(tiny_model), "--subjects", "1", "--out", str(out)])
     with pytest.raises(SystemExit):
         main([str(tiny_model), "--styles", "no_such_style", "--subjects", "1"])
+
+
+def _rel_row(prostate_dice, prostate_quality, body_dice, body_quality, ratio):
+    per = {"body": {"dice": body_dice, "quality": body_quality, "expected_dice": body_quality,
+                    "stability": body_quality, "size_ratio": 1.0},
+           "prostate": {"dice": prostate_dice, "quality": prostate_quality, "expected_dice": prostate_quality,
+                        "stability": float("nan"), "size_ratio": ratio}}
+    dice = (prostate_dice + body_dice) / 2
+    return {"per_structure": per, "volume": {"dice": dice, "quality": (prostate_quality + body_quality) / 2,
+                                             "expected_dice": (prostate_quality + body_quality) / 2,
+                                             "stability": body_quality}}
+
+
+def test_reliability_summary_tells_a_structure_the_model_sees_from_one_it_does_not():
+    # the body's scores follow its Dice; the prostate's stay flat (confident) while its Dice swings with size
+    rows = [_rel_row(pd, 0.88 + 0.001 * i, bd, bd - 0.01, r)
+            for i, (pd, bd, r) in enumerate([(0.55, 0.95, 2.5), (0.85, 0.96, 1.0), (0.60, 0.97, 2.2),
+                                              (0.80, 0.94, 1.1), (0.70, 0.93, 1.6)])]
+    s = reliability_summary(rows)
+    assert s["per_structure"]["body"]["spearman_quality"] == pytest.approx(1.0)
+    assert s["per_structure"]["prostate"]["spearman_quality"] < 0.5
+    assert np.isnan(s["per_structure"]["prostate"]["spearman_stability"])  # no stability: NaN, not a number
+    assert s["per_structure"]["prostate"]["dice_sd"] > 5 * s["per_structure"]["body"]["dice_sd"]
+    assert s["per_structure"]["prostate"]["size_ratio_median"] == pytest.approx(1.6)
+    assert s["volume"]["cases"] == 5
+    table = reliability_markdown(s)
+    assert "| prostate |" in table and "| 1.60 |" in table and "| volume (mean Dice) |" in table
+
+
+def test_cli_reliability_on_the_tiny_model(tiny_model, tmp_path, capsys, one_thread):
+    from conftest import TINY_SCALE
+
+    out = tmp_path / "r.json"
+    assert main([str(tiny_model), "--styles", "pd_fse", "t2_fse", "--subjects", "2", "--stream", "150",
+                 "--scale", str(TINY_SCALE), "--reliability", "--out", str(out)]) == 0
+    assert "Which errors the model sees (4 cases)" in capsys.readouterr().out
+    rel = json.loads(out.read_text())["reliability"]
+    assert len(rel["cases"]) == 4 and {c["style"] for c in rel["cases"]} == {"pd_fse", "t2_fse"}
+    for c in rel["cases"]:
+        assert 0.0 <= c["volume"]["dice"] <= 1.0
+        assert any(np.isfinite(v["stability"]) for v in c["per_structure"].values())  # the stability check ran
+    assert set(rel["summary"]["per_structure"]) == set(rel["cases"][0]["per_structure"])

@@ -15,6 +15,13 @@ included, the stability check off). Printed and written:
 - ``slice_oracle``: the Dice if the voxels of a structure predicted on slices (of the model's plane) that
   hold none of it took their true label: the most that context across slices could add, e.g. a false
   prostate below the apex, which a 2D network sees as a round structure of the right size and contrast.
+
+``--reliability`` also runs the stability check and asks which errors the model sees: over every case, per
+structure, Spearman(the model's quality / expected Dice / stability for the structure, its true Dice), the
+spread of its true Dice (the structure with the widest spread moves the volume's mean Dice most) and the median
+ratio of predicted to true voxels (above 1: it over-segments); and the volume-level Spearman the benchmark
+reports. A structure whose Dice varies widely while its own scores do not follow is an error the model makes
+with confidence: no ranking built on those scores can put those volumes last.
 """
 from __future__ import annotations
 
@@ -26,6 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from gase.errors import InputError
+
+from .metrics import spearman
 
 
 def _dice(pred: np.ndarray, truth: np.ndarray, value: int) -> float:
@@ -58,6 +67,46 @@ def case_numbers(pred: np.ndarray, truth: np.ndarray, names: dict[int, str]) -> 
             "confusion": conf.tolist()}
 
 
+def _nan(v) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def reliability_numbers(result, dice: dict[str, float], confusion: list[list[int]], names: dict[int, str]) -> dict:
+    """One case's scores (from a :class:`gase.result.SegmentationResult` with its stability computed) beside
+    its true Dice: per structure and for the volume (the benchmark's volume reliabilities)."""
+    conf = np.asarray(confusion)
+    q, ed, st = result.quality_per_label, result.expected_dice_per_label, result.stability_per_label
+    per = {}
+    for v, name in names.items():
+        if v == 0:
+            continue
+        true_n, pred_n = int(conf[v].sum()), int(conf[:, v].sum())
+        per[name] = {"dice": dice[name], "quality": _nan(q.get(name)), "expected_dice": _nan(ed.get(name)),
+                     "stability": _nan(st.get(name)), "size_ratio": pred_n / true_n if true_n else float("nan")}
+    return {"per_structure": per, "volume": {"dice": float(np.mean(list(dice.values()))),
+                                             "quality": result.quality_overall,
+                                             "expected_dice": result.expected_dice_overall,
+                                             "stability": result.stability_overall}}
+
+
+SCORES = ("quality", "expected_dice", "stability")
+
+
+def reliability_summary(rows: list[dict]) -> dict:
+    """Over the cases' :func:`reliability_numbers`: per structure the Spearman of each score with the true Dice,
+    the standard deviation of the true Dice and the median size ratio; the same Spearman for the volume."""
+    structs = list(rows[0]["per_structure"])
+    per = {}
+    for k in structs:
+        d = [r["per_structure"][k]["dice"] for r in rows]
+        per[k] = {**{f"spearman_{s}": spearman([r["per_structure"][k][s] for r in rows], d) for s in SCORES},
+                  "dice_sd": float(np.std(d)),
+                  "size_ratio_median": float(np.nanmedian([r["per_structure"][k]["size_ratio"] for r in rows]))}
+    d = [r["volume"]["dice"] for r in rows]
+    volume = {f"spearman_{s}": spearman([r["volume"][s] for r in rows], d) for s in SCORES}
+    return {"per_structure": per, "volume": {**volume, "dice_sd": float(np.std(d)), "cases": len(rows)}}
+
+
 def summarize(cases: dict[str, list[dict]], names: dict[int, str]) -> dict:
     """Per style: mean Dice and slice-oracle Dice per structure; missed/false shares from the summed
     confusion matrix."""
@@ -83,7 +132,7 @@ def summarize(cases: dict[str, list[dict]], names: dict[int, str]) -> dict:
 
 
 def diagnose(model: Path, styles: list[str] | None, stream: int, subjects: int, scale: float = 1.0,
-             device: str = "cpu") -> dict:
+             device: str = "cpu", reliability: bool = False) -> dict:
     from gase.orientation import reorientation_for
     from gase.phantoms import SOURCE_STYLE, list_styles, make_case, subject_seed
     from gase.predictor import Predictor
@@ -91,7 +140,8 @@ def diagnose(model: Path, styles: list[str] | None, stream: int, subjects: int, 
     from .data import DEFAULT_UNSEEN
 
     predictor = Predictor.from_folder(model, device=device)
-    predictor.stability_slices = 0
+    if not reliability:
+        predictor.stability_slices = 0
     anatomy = predictor.card.anatomy
     if anatomy not in SOURCE_STYLE:
         raise InputError(f"The model's anatomy {anatomy!r} has no phantom; diagnose needs a knee or pelvis model.")
@@ -102,20 +152,27 @@ def diagnose(model: Path, styles: list[str] | None, stream: int, subjects: int, 
         raise InputError(f"Unknown {anatomy} style(s) {bad}; choose from {', '.join(known)}.")
     names = {0: "background", **{lab.value: lab.name for lab in predictor.card.labels}}
     cases: dict[str, list[dict]] = {}
+    rel_rows: list[dict] = []
     t0 = time.perf_counter()
     for style in styles:
         for i in range(subjects):
             image, labels = make_case(anatomy, style, subject_seed(stream, i), scale=scale)
-            pred = predictor.predict(image).labels.array
+            result = predictor.predict(image)
             reo = reorientation_for(image, predictor.card.plane)
-            cases.setdefault(style, []).append(case_numbers(reo.forward(pred), reo.forward(labels.array), names))
+            numbers = case_numbers(reo.forward(result.labels.array), reo.forward(labels.array), names)
+            cases.setdefault(style, []).append(numbers)
+            if reliability:
+                rel_rows.append({"style": style, "subject": i,
+                                 **reliability_numbers(result, numbers["dice"], numbers["confusion"], names)})
     per_style = summarize(cases, names)
     unseen = [s for s in styles if s != SOURCE_STYLE[anatomy]]
     mean = lambda key: float(np.mean([per_style[s][key] for s in unseen])) if unseen else float("nan")  # noqa: E731
-    return {"model": str(model), "anatomy": anatomy, "stream": stream, "subjects": subjects, "scale": scale,
-            "source_style": SOURCE_STYLE[anatomy], "per_style": per_style,
-            "unseen_dice": mean("dice_mean"), "unseen_slice_oracle": mean("slice_oracle_mean"),
-            "seconds": round(time.perf_counter() - t0, 1)}
+    out = {"model": str(model), "anatomy": anatomy, "stream": stream, "subjects": subjects, "scale": scale,
+           "source_style": SOURCE_STYLE[anatomy], "per_style": per_style,
+           "unseen_dice": mean("dice_mean"), "unseen_slice_oracle": mean("slice_oracle_mean")}
+    if reliability:
+        out["reliability"] = {"cases": rel_rows, "summary": reliability_summary(rel_rows)}
+    return {**out, "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def markdown(res: dict, min_share: float = 0.05) -> str:
@@ -143,6 +200,22 @@ def markdown(res: dict, min_share: float = 0.05) -> str:
                 parts.append(f"{k}: " + "; ".join(t for t in (f"missed -> {m}" if m else "", f"false <- {f}" if f else "")
                                                    if t))
         lines.append(f"- {s}: " + (" | ".join(parts) if parts else "nothing above the share"))
+    if "reliability" in res:
+        lines += ["", reliability_markdown(res["reliability"]["summary"]).rstrip("\n")]
+    return "\n".join(lines) + "\n"
+
+
+def reliability_markdown(summary: dict) -> str:
+    """The table of :func:`reliability_summary`."""
+    v = summary["volume"]
+    lines = [f"Which errors the model sees ({v['cases']} cases): Spearman(score, true Dice) per structure and "
+             "for the volume's mean Dice; the spread of the true Dice; predicted / true voxels (median):", "",
+             "| structure | quality | expected Dice | stability | Dice SD | size ratio |", "|---|---|---|---|---|---|"]
+    for k, d in summary["per_structure"].items():
+        lines.append(f"| {k} | " + " | ".join(f"{d[f'spearman_{s}']:.2f}" for s in SCORES)
+                     + f" | {d['dice_sd']:.3f} | {d['size_ratio_median']:.2f} |")
+    lines.append("| volume (mean Dice) | " + " | ".join(f"{v[f'spearman_{s}']:.2f}" for s in SCORES)
+                 + f" | {v['dice_sd']:.3f} | |")
     return "\n".join(lines) + "\n"
 
 
@@ -154,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--subjects", type=int, default=3, help="subjects per style (default 3)")
     ap.add_argument("--styles", nargs="+", default=None, help="styles (default: the benchmark's source and unseen)")
     ap.add_argument("--scale", type=float, default=1.0, help="phantom scale (< 1: coarser voxels, for tests)")
+    ap.add_argument("--reliability", action="store_true", help="also run the stability check and tabulate, per "
+                    "structure, how well the model's quality, expected Dice and stability follow its true Dice")
     ap.add_argument("--out", type=Path, default=None, help="also write the numbers to this JSON file")
     args = ap.parse_args(argv)
     if args.subjects < 1:
@@ -163,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None and args.out.exists():
         ap.error(f"{args.out} exists; GASE does not overwrite files: choose another --out")
     try:
-        res = diagnose(args.model, args.styles, args.stream, args.subjects, args.scale)
+        res = diagnose(args.model, args.styles, args.stream, args.subjects, args.scale, reliability=args.reliability)
     except InputError as exc:
         ap.error(str(exc))
     print(markdown(res), end="")
