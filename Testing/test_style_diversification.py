@@ -276,3 +276,84 @@ def test_fatsat_views_join_gase_training_only(knee_cases, monkeypatch):
     assert seen == [2, 1]  # GASE: the curve views of the batch and the synthetic views; the peer: none
     with pytest.raises(InputError, match="fatsat_prob"):
         TrainConfig(fatsat_prob=1.5).validate()
+
+
+def _organ_scene(b=2):
+    """A body (label 1, 0.3) holding an organ disc (label 2, radius 8, 0.8 with a darker 0.6 core of
+    radius 4: an inner pattern) at (30, 26), and a far marker (label 3, 0.1) in a corner."""
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    rho = ((yy - 30) ** 2 + (xx - 26) ** 2).sqrt()
+    x = torch.zeros(b, 1, 64, 64)
+    y = torch.zeros(b, 64, 64, dtype=torch.long)
+    body = (yy > 2) & (yy < 62) & (xx > 2) & (xx < 62)
+    x[:, 0][:, body], y[:, body] = 0.3, 1
+    x[:, 0][:, rho <= 8], y[:, rho <= 8] = 0.8, 2
+    x[:, 0][:, rho <= 4] = 0.6
+    marker = (yy >= 54) & (yy < 60) & (xx >= 54) & (xx < 60)
+    x[:, 0][:, marker], y[:, marker] = 0.1, 3
+    return x, y
+
+
+def test_organ_warp_grows_or_shrinks_the_structure_with_its_image_and_leaves_the_far_anatomy():
+    from gase.training.augment import organ_warp
+    x, y = _organ_scene()
+    area = int((y[0] == 2).sum())
+    for k in (0.75, 1.3):
+        # the body covers most of the crop (not picked), the marker is picked half of the time: force the organ
+        y1 = y.clone()
+        y1[y1 == 3] = 1
+        xo, yo = organ_warp(x, y1, torch.Generator().manual_seed(0), prob=1.0, scale=(k, k))
+        ratio = float((yo == 2).sum(dim=(1, 2)).float().mean()) / area
+        assert abs(ratio - k * k) < 0.15 * k * k, (k, ratio)
+        inside = xo[:, 0][yo == 2]
+        assert float((inside >= 0.55).float().mean()) > 0.97      # the image moved with the labels
+        core = float((xo[:, 0][yo == 2] < 0.7).float().mean())      # the inner pattern scaled with it: about a
+        assert 0.15 < core < 0.45                                    # quarter of the organ's area (the centre
+                                                                     # scales a little more than the rim)
+        assert torch.equal(yo[:, 54:60, 54:60], y1[:, 54:60, 54:60])  # the far corner stays where it was
+        assert torch.allclose(xo[:, :, 54:60, 54:60], x[:, :, 54:60, 54:60], atol=0.01)
+    again = organ_warp(x, y, torch.Generator().manual_seed(3), prob=1.0)
+    assert all(torch.equal(a, b) for a, b in zip(again, organ_warp(x, y, torch.Generator().manual_seed(3), 1.0)))
+
+
+def test_organ_warp_off_or_without_a_small_structure_changes_nothing_and_stacks_warp_alike():
+    from gase.training.augment import organ_warp
+    x, y = _organ_scene()
+    xo, yo = organ_warp(x, y, torch.Generator().manual_seed(0), prob=0.0)
+    assert torch.equal(xo, x) and torch.equal(yo, y)
+    only_body = (y > 0).long()                                       # one structure covering most of the crop
+    xo, yo = organ_warp(x, only_body, torch.Generator().manual_seed(0), prob=1.0)
+    assert torch.allclose(xo, x, atol=1e-5) and torch.equal(yo, only_body)
+    xs = x.repeat(1, 3, 1, 1)                                         # a context stack: (B, 3, H, W) labels too
+    ys = y[:, None].repeat(1, 3, 1, 1)
+    ys[:, 1][ys[:, 1] == 3] = 1
+    xo, yo = organ_warp(xs, ys, torch.Generator().manual_seed(0), prob=1.0, scale=(1.3, 1.3))
+    assert yo.shape == ys.shape and torch.equal(yo[:, 0] == 2, yo[:, 2] == 2) and torch.equal(xo[:, 0], xo[:, 2])
+    assert int((yo[:, 1] == 2).sum()) > 1.3 * int((ys[:, 1] == 2).sum())
+
+
+def test_organ_warp_joins_gase_training_only(knee_cases, monkeypatch):
+    import numpy as np
+
+    from gase.errors import InputError
+    from gase.labels import KNEE_LABELS
+    from gase.preprocess import Normalization
+    from gase.training import loop
+    from gase.training.config import LEGACY_DEFAULTS, TrainConfig
+    from gase.training.data import SliceSet
+
+    pairs = [(img, lab.array.astype(np.uint8), f"c{n}") for n, (img, lab) in enumerate(knee_cases[:2])]
+    sset = SliceSet.build(pairs, "sagittal", 1.75, Normalization())
+    seen = []
+    original = loop.organ_warp
+    monkeypatch.setattr(loop, "organ_warp", lambda x, y, g, p: seen.append(p) or original(x, y, g, p))
+    for method in ("gase", "erm", "randcurve"):
+        cfg = TrainConfig(method=method, iterations=2, batch_size=2, crop=64, device="cpu", gen_warmup=0.0,
+                          source_expert=False)
+        tr = loop.Trainer(cfg, KNEE_LABELS, 5)
+        losses = tr.step(*sset.sample(tr.gen, 2, 64))
+        assert all(np.isfinite(v) for v in losses.values())
+    assert seen == [0.5]  # the default, GASE only: ERM and the peer keep the published recipes
+    assert LEGACY_DEFAULTS["organ_warp_prob"] == 0.0  # what models trained before it existed were trained with
+    with pytest.raises(InputError, match="organ_warp_prob"):
+        TrainConfig(organ_warp_prob=1.2).validate()

@@ -10,7 +10,8 @@ SAMPLING_MODES = ("balanced", "foreground")  # how training crops are drawn: gas
 # What a record (model card, benchmark results) written before a setting existed was trained with. Only for
 # reading such records: a settings file without the key gets the current default.
 LEGACY_DEFAULTS = {"crop_sampling": "foreground", "source_expert": False, "warm_start": False, "fatsat_prob": 0.0,
-                   "context_slices": 1, "context_mm": None, "margin_crops": 0.0}
+                   "context_slices": 1, "context_mm": None, "margin_crops": 0.0,
+                   "organ_warp_prob": 0.0}
 
 
 @dataclass
@@ -66,6 +67,8 @@ class TrainConfig:
                                             # its brightest tissue suppressed (augment.suppress_bright: fat-sat, STIR)
     margin_crops: float = 0.25              # gase: share of the structure-centred crops moved just past the structure's
                                             # end along the slice axis (SliceSet.sample's margin_prob)
+    organ_warp_prob: float = 0.5            # gase: share of the crops in which one structure is grown or shrunk
+                                            # within its surroundings (augment.organ_warp)
     syn_fraction: float = 0.5               # synthetic (and mixed) crops per iteration, as a fraction of the batch
     adv_detach: bool = True                 # D's real/fake heads read detached features: the adversarial game
                                             # does not reshape the segmentation features
@@ -89,6 +92,8 @@ class TrainConfig:
             raise InputError("gin_prob is a probability: use a value in [0, 1].")
         if not 0.0 <= self.fatsat_prob <= 1.0:
             raise InputError("fatsat_prob is a probability: use a value in [0, 1].")
+        if not 0.0 <= self.organ_warp_prob <= 1.0:
+            raise InputError("organ_warp_prob is a share of the crops: use a value in [0, 1].")
         if not 0.0 <= self.margin_crops <= 1.0:
             raise InputError("margin_crops is a share of the crops: use a value in [0, 1].")
         if not 0.0 <= self.curve_flatten <= 1.0:

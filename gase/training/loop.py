@@ -92,7 +92,7 @@ from ..predictor import Predictor, resolve_device
 from ..validity import largest_foreground_ml
 from ..volume import Volume
 from .augment import (FeatureStyleMix, diversify_styles, gaussian_cutout, global_curve, random_curves,
-                      random_shallow_conv, standard_augment, suppress_bright)
+                      organ_warp, random_shallow_conv, standard_augment, suppress_bright)
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from . import distributed  # [ddp]
@@ -191,6 +191,8 @@ class Trainer:
             group["lr"] = cfg.lr * self._lr_factor()
         x, y = x.to(self.device), y.to(self.device)
         x, y = standard_augment(x, y, g)
+        if cfg.method == "gase" and cfg.organ_warp_prob > 0:
+            x, y = organ_warp(x, y, g, cfg.organ_warp_prob)
         y_ctx = y[:, None] if y.dim() == 3 else y  # every slice's labels (B, C, H, W), for the style renderings
         y = y_ctx[:, self.centre]                  # the target: the labels of the slice being segmented
         c = y_ctx.shape[1]
