@@ -86,3 +86,9 @@ def test_the_report_header_counts_the_source_expert_once():
     assert "8767 s of it training" in run_line(meta)
     reused = {**meta, "training": {k: {**v, "reused_from": "x"} for k, v in meta["training"].items()}}
     assert "(8767 s of training)" in run_line(reused)
+    # --reuse-models --retrain gase: GASE trained anew on top of the reused ERM model, its expert; the line
+    # counts what was trained here (it said 6622 s, the reused expert's 1372 s included)
+    retrained = {**meta, "training": {**reused["training"], "pelvis/gase": records["pelvis/gase"]}}
+    line = run_line(retrained)
+    assert "pelvis/gase trained here (5250 s of training)" in line and "pelvis/erm, pelvis/randcurve" in line
+    assert "8767" not in line

@@ -29,6 +29,7 @@ def test_false_invalid_counts_run_on_request_before_the_merge(tmp_path):
         f"-m benchmarks.false_invalid --model {out}/{a}/models/{a}-gase --anatomy {a} --data-seed 1 --subjects 5 "
         f"--first 400 --threads 1 --out {out}/false_invalid_{a}.json" for a in ("knee", "pelvis"))
     assert calls[-1].startswith("-m benchmarks.merge")  # the report sees the counts
+    assert "cores): knee and pelvis side by side, one process and 1 torch thread each" in calls[-1]
 
 
 def test_false_invalid_not_counted_unless_asked_and_an_existing_count_is_kept(tmp_path):
@@ -50,3 +51,5 @@ def test_context_and_one_anatomy_reach_the_benchmark_and_the_merge(tmp_path):
     assert len(runs) == 1 and "--anatomy pelvis --methods erm gase --device cpu" in runs[0]
     assert runs[0].endswith("--context-slices 3 --context-mm 8")
     assert calls[-1].startswith(f"-m benchmarks.merge {out} {out}/pelvis --machine")
+    # the report's machine line says what ran (it said "knee and pelvis side by side" for one anatomy)
+    assert "cores): pelvis alone, one process and 1 torch thread" in calls[-1] and "knee" not in calls[-1]

@@ -228,8 +228,12 @@ def run_line(meta: dict) -> str:
     reused = sorted(k for k, v in records.items() if "reused_from" in v)
     fresh = sorted(k for k in records if k not in reused)
     if reused and fresh:  # --reuse-models --retrain
+        # a GASE model trained here was given its source expert, the reused ERM model: not trained here
+        here = training_seconds(records, fresh) - sum(
+            float(records[k].get("source_expert_seconds", 0.0)) for k in fresh
+            if f"{k.split('/')[0]}/erm" in reused)
         timing = (f"wall time {wall.get('total', float('nan')):.0f} s; {', '.join(fresh)} trained here "
-                  f"({training_seconds(records, fresh):.0f} s of training), "
+                  f"({here:.0f} s of training), "
                   f"{', '.join(reused)} trained by an earlier run with the same settings and re-evaluated here "
                   "(`--reuse-models --retrain`).")
     elif reused:

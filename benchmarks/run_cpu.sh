@@ -73,7 +73,13 @@ fi
 args=()
 if [ "${UPDATE_README:-0}" = 1 ]; then args+=(--update-readme); fi
 # (nproc would count OMP_NUM_THREADS, exported above, instead of the cores)
-machine="CPU ($(uname -m), $(getconf _NPROCESSORS_ONLN) cores): knee and pelvis side by side, one process and 1 torch thread each"
+if [ "${#anatomies[@]}" -gt 1 ]; then
+  joined=${anatomies[0]}
+  for anatomy in "${anatomies[@]:1}"; do joined+=" and $anatomy"; done
+  machine="CPU ($(uname -m), $(getconf _NPROCESSORS_ONLN) cores): $joined side by side, one process and 1 torch thread each"
+else
+  machine="CPU ($(uname -m), $(getconf _NPROCESSORS_ONLN) cores): ${anatomies[0]} alone, one process and 1 torch thread"
+fi
 runs=()
 for anatomy in "${anatomies[@]}"; do runs+=("$OUT_DIR/$anatomy"); done
 "$PY" -m benchmarks.merge "$OUT_DIR" "${runs[@]}" --machine "$machine" "${args[@]}"
