@@ -347,13 +347,14 @@ def test_organ_warp_joins_gase_training_only(knee_cases, monkeypatch):
     seen = []
     original = loop.organ_warp
     monkeypatch.setattr(loop, "organ_warp", lambda x, y, g, p: seen.append(p) or original(x, y, g, p))
-    for method in ("gase", "erm", "randcurve"):
+    for method, prob in (("gase", 0.0), ("gase", 0.5), ("erm", 0.5), ("randcurve", 0.5)):
         cfg = TrainConfig(method=method, iterations=2, batch_size=2, crop=64, device="cpu", gen_warmup=0.0,
-                          source_expert=False)
+                          source_expert=False, organ_warp_prob=prob)
         tr = loop.Trainer(cfg, KNEE_LABELS, 5)
         losses = tr.step(*sset.sample(tr.gen, 2, 64))
         assert all(np.isfinite(v) for v in losses.values())
-    assert seen == [0.5]  # the default, GASE only: ERM and the peer keep the published recipes
+    assert seen == [0.5]  # off by default; GASE only: ERM and the peer keep the published recipes
+    assert TrainConfig().organ_warp_prob == 0.0
     assert LEGACY_DEFAULTS["organ_warp_prob"] == 0.0  # what models trained before it existed were trained with
     with pytest.raises(InputError, match="organ_warp_prob"):
         TrainConfig(organ_warp_prob=1.2).validate()

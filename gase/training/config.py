@@ -67,8 +67,8 @@ class TrainConfig:
                                             # its brightest tissue suppressed (augment.suppress_bright: fat-sat, STIR)
     margin_crops: float = 0.25              # gase: share of the structure-centred crops moved just past the structure's
                                             # end along the slice axis (SliceSet.sample's margin_prob)
-    organ_warp_prob: float = 0.5            # gase: share of the crops in which one structure is grown or shrunk
-                                            # within its surroundings (augment.organ_warp)
+    organ_warp_prob: float = 0.0            # gase: share of the crops in which one structure is grown or shrunk
+                                            # within its surroundings (augment.organ_warp; measured, not adopted)
     syn_fraction: float = 0.5               # synthetic (and mixed) crops per iteration, as a fraction of the batch
     adv_detach: bool = True                 # D's real/fake heads read detached features: the adversarial game
                                             # does not reshape the segmentation features

@@ -55,6 +55,17 @@ them, 0.8 against 0.5 (6 Dec; the same fine-tuning, from those new models: ``--i
 benchmarks/results/cpu-1000-data1-fatsat/<a>/models/<a>-gase/training/checkpoint.pt --set fatsat_prob=0.8``; JSONs
 in ``benchmarks/results/cpu-1000-data1-pp/logs/probes/``): knee unseen 0.796 -> 0.800, pelvis 0.748 -> 0.742.
 Not adopted.
+``organ_warp_prob`` (6 Dec, off): that share of GASE's crops has one structure grown or shrunk (0.7-1.35)
+within its surroundings, image and labels alike (:func:`gase.training.augment.organ_warp`), aimed at the
+pelvis-2000 model drawing the prostate at its training size (small glands twice too large, with a
+confidence that does not see it). GASE trained anew with 0.5 (2000 iterations, data seed 1, the same ERM
+expert and peer: ``REUSE=1 RETRAIN=gase ANATOMIES=pelvis DATA_SEED=1 ITERATIONS=2000 bash
+benchmarks/run_cpu.sh DIR``, 5917 s of GASE training), judged on stream 150 (6 subjects per style, not the
+test set: ``python -m benchmarks.diagnose DIR/pelvis/models/pelvis-gase --stream 150 --subjects 6
+--reliability``), without -> with: prostate predicted/true voxels 1.78 -> 1.64, prostate Dice up in every
+style (t2_fse 0.714 -> 0.716, STIR 0.753 -> 0.799), unseen mean 0.866 -> 0.872, source 0.911 = 0.911; but
+the ranking it was for did not move: Spearman(quality, Dice) per volume 0.70 -> 0.66 (prostate -0.14 ->
+-0.18; expected Dice 0.72 -> 0.75). Not adopted: a Dice gain inside the seed spread, and no gain on the ranking.
 ``w_syn_seg`` weighs the synthetic and mixed views in D's segmentation
 loss against the real and curve views.
 
