@@ -201,11 +201,11 @@ def organ_warp(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, prob: flo
     """
     if not 0.66 <= scale[0] <= scale[1] <= 2.0:
         raise ValueError(f"organ_warp: scale {scale} would fold the image; use factors from 0.66 to 2.")
+    if prob <= 0:
+        return x, y
     b, _, h, w = x.shape
     dev = x.device
     u_apply, u_pick, u_scale = (torch.rand(b, generator=gen) for _ in range(3))
-    if prob <= 0:
-        return x, y
     yc = y if y.dim() == 3 else y[:, y.shape[1] // 2]  # the slice being segmented decides
     n = int(yc.max()) + 1
     counts = F.one_hot(yc.reshape(b, -1).long(), n).sum(1).cpu()  # (B, n) voxels per label

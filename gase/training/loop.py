@@ -60,7 +60,7 @@ within its surroundings, image and labels alike (:func:`gase.training.augment.or
 pelvis-2000 model drawing the prostate at its training size (small glands twice too large, with a
 confidence that does not see it). GASE trained anew with 0.5 (2000 iterations, data seed 1, the same ERM
 expert and peer: ``REUSE=1 RETRAIN=gase ANATOMIES=pelvis DATA_SEED=1 ITERATIONS=2000 bash
-benchmarks/run_cpu.sh DIR``, 5917 s of GASE training), judged on stream 150 (6 subjects per style, not the
+benchmarks/run_cpu.sh DIR``, 5835 s of GASE training), judged on stream 150 (6 subjects per style, not the
 test set: ``python -m benchmarks.diagnose DIR/pelvis/models/pelvis-gase --stream 150 --subjects 6
 --reliability``), without -> with: prostate predicted/true voxels 1.78 -> 1.64, prostate Dice up in every
 style (t2_fse 0.714 -> 0.716, STIR 0.753 -> 0.799), unseen mean 0.866 -> 0.872, source 0.911 = 0.911; but
