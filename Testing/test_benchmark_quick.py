@@ -313,6 +313,7 @@ def test_the_quality_of_records_written_before_it_existed_is_computed_for_the_re
     assert vol["quality"]["spearman"] == pytest.approx(1.0)
     assert vol["stability"]["spearman"] == pytest.approx(0.8) and vol["expected_dice"]["spearman"] == pytest.approx(0.8)
     assert vol["quality"]["aurc"] <= vol["stability"]["aurc"]
-    assert "| Spearman(volume reliability, Dice): quality / stability / expected Dice / mean confidence | >= 0.8 | met: 1.00" \
+    assert "| Spearman(volume reliability, Dice): quality (95% interval) / stability / expected Dice / mean confidence" \
+        " | >= 0.8 | met: 1.00 / 0.80 / 0.80" \
         in "\n".join(report._targets({"anatomies": {"knee": {"methods": {"gase": {"summary": {
             "confidence": {"volume": vol}}, "records": recs}}}}}))

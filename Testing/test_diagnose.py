@@ -89,6 +89,22 @@ def test_reliability_summary_tells_a_structure_the_model_sees_from_one_it_does_n
     assert "| prostate |" in table and "| 1.60 |" in table and "| volume (mean Dice) |" in table
 
 
+def test_the_volume_ranking_gets_its_interval_once_there_are_enough_cases():
+    """Five cases: the Spearman alone (no interval from so few); 36: the quality's with its 95% interval,
+    which holds the point value and is short of the perfect 1 when the ranking is imperfect."""
+    few = reliability_summary([_rel_row(0.6 + 0.05 * i, 0.9, 0.95, 0.94, 1.2) for i in range(5)])
+    assert all(np.isnan(few["volume"]["spearman_quality_95"]))
+    assert "95%" not in reliability_markdown(few)
+    rng = np.random.default_rng(3)
+    pds = rng.uniform(0.5, 0.9, 36)
+    rows = [_rel_row(pd, 0.6 + 0.4 * pd + rng.normal(0, 0.04), 0.95, 0.94, 1.2) for pd in pds]
+    s = reliability_summary(rows)
+    lo, hi = s["volume"]["spearman_quality_95"]
+    assert lo < s["volume"]["spearman_quality"] < hi < 1.0
+    assert f"| volume (mean Dice) | {s['volume']['spearman_quality']:.2f} (95%: {lo:.2f}-{hi:.2f}) |" \
+        in reliability_markdown(s)
+
+
 def test_cli_reliability_on_the_tiny_model(tiny_model, tmp_path, capsys, one_thread):
     from conftest import TINY_SCALE
 

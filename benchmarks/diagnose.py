@@ -34,7 +34,7 @@ import numpy as np
 
 from gase.errors import InputError
 
-from .metrics import spearman
+from .metrics import spearman, spearman_interval
 
 
 def _dice(pred: np.ndarray, truth: np.ndarray, value: int) -> float:
@@ -94,7 +94,8 @@ SCORES = ("quality", "expected_dice", "stability")
 
 def reliability_summary(rows: list[dict]) -> dict:
     """Over the cases' :func:`reliability_numbers`: per structure the Spearman of each score with the true Dice,
-    the standard deviation of the true Dice and the median size ratio; the same Spearman for the volume."""
+    the standard deviation of the true Dice and the median size ratio; the same Spearman for the volume, the
+    quality's with its 95% bootstrap interval."""
     structs = list(rows[0]["per_structure"])
     per = {}
     for k in structs:
@@ -104,6 +105,7 @@ def reliability_summary(rows: list[dict]) -> dict:
                   "size_ratio_median": float(np.nanmedian([r["per_structure"][k]["size_ratio"] for r in rows]))}
     d = [r["volume"]["dice"] for r in rows]
     volume = {f"spearman_{s}": spearman([r["volume"][s] for r in rows], d) for s in SCORES}
+    volume["spearman_quality_95"] = list(spearman_interval([r["volume"]["quality"] for r in rows], d))
     return {"per_structure": per, "volume": {**volume, "dice_sd": float(np.std(d)), "cases": len(rows)}}
 
 
@@ -214,8 +216,11 @@ def reliability_markdown(summary: dict) -> str:
     for k, d in summary["per_structure"].items():
         lines.append(f"| {k} | " + " | ".join(f"{d[f'spearman_{s}']:.2f}" for s in SCORES)
                      + f" | {d['dice_sd']:.3f} | {d['size_ratio_median']:.2f} |")
-    lines.append("| volume (mean Dice) | " + " | ".join(f"{v[f'spearman_{s}']:.2f}" for s in SCORES)
-                 + f" | {v['dice_sd']:.3f} | |")
+    lo, hi = v.get("spearman_quality_95", (float("nan"), float("nan")))
+    cells = [f"{v[f'spearman_{s}']:.2f}" for s in SCORES]
+    if np.isfinite(lo) and np.isfinite(hi):
+        cells[0] += f" (95%: {lo:.2f}-{hi:.2f})"
+    lines.append("| volume (mean Dice) | " + " | ".join(cells) + f" | {v['dice_sd']:.3f} | |")
     return "\n".join(lines) + "\n"
 
 

@@ -31,6 +31,15 @@ def _f(x, nd: int = 3, pct: bool = False) -> str:
     return f"{100 * x:.0f}%" if pct else f"{x:.{nd}f}"
 
 
+def _rho(vol: dict) -> str:
+    """A volume score's Spearman with its 95% bootstrap interval when the run has one: "0.65 (0.40-0.82)"."""
+    iv = vol.get("spearman_95")
+    if not (isinstance(iv, (list, tuple)) and len(iv) == 2
+            and all(isinstance(t, (int, float)) and math.isfinite(t) for t in iv)):
+        return _f(vol.get("spearman"), 2)
+    return f"{_f(vol.get('spearman'), 2)} ({iv[0]:.2f}-{iv[1]:.2f})"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
 
@@ -63,11 +72,13 @@ def _targets(res: dict) -> list[str]:
         ("ECE, 15 bins (all voxels / near structures)", "<= 0.05", lambda a: (
             get(a, "gase", "confidence", "voxel", "confidence", "ece_all"),
             get(a, "gase", "confidence", "voxel", "confidence", "ece_near"))),
-        ("Spearman(volume reliability, Dice): quality / stability / expected Dice / mean confidence", ">= 0.8",
+        ("Spearman(volume reliability, Dice): quality (95% interval) / stability / expected Dice / "
+         "mean confidence", ">= 0.8",
          lambda a: (get(a, "gase", "confidence", "volume", "quality", "spearman"),
                     get(a, "gase", "confidence", "volume", "stability", "spearman"),
                     get(a, "gase", "confidence", "volume", "expected_dice", "spearman"),
-                    get(a, "gase", "confidence", "volume", "confidence", "spearman"))),
+                    get(a, "gase", "confidence", "volume", "confidence", "spearman"),
+                    get(a, "gase", "confidence", "volume", "quality", "spearman_95"))),
         ("validity AUROC in vs OOD / false-invalid on source", ">= 0.98 / <= 1%", lambda a: (
             get(a, "gase", "validity", "auroc"), *_false_invalid(res["anatomies"][a]))),
     ]
@@ -79,7 +90,7 @@ def _targets(res: dict) -> list[str]:
         lambda v: (None if not math.isfinite(v[0]) else v[0] >= 0.90, f"{_f(v[0])} / {_f(v[1])}"),
         lambda v: (None if not math.isfinite(v[0]) else v[0] <= 0.05, f"{_f(v[0])} / {_f(v[1])}"),
         lambda v: (None if not math.isfinite(v[0]) else v[0] >= 0.8,
-                   f"{_f(v[0], 2)} / {_f(v[1], 2)} / {_f(v[2], 2)} / {_f(v[3], 2)}"),
+                   f"{_rho({'spearman': v[0], 'spearman_95': v[4]})} / {_f(v[1], 2)} / {_f(v[2], 2)} / {_f(v[3], 2)}"),
         lambda v: (None if not all(map(math.isfinite, v[:2])) else v[0] >= 0.98 and v[1] <= 0.01,
                    f"{_f(v[0])} / {100 * v[1]:.1f}%" + (f" ({v[2]})" if v[2] else "")),
     ]
@@ -179,15 +190,15 @@ def _confidence(a: dict) -> list[str]:
                          ("expected_dice", "expected Dice (volume only)")):
             if sc in c["volume"]:
                 vol = c["volume"][sc]
-                rows.append([METHOD_NAMES.get(m, m), name, "", "", "", "", _f(vol["spearman"], 2), _f(vol["aurc"], 4)])
+                rows.append([METHOD_NAMES.get(m, m), name, "", "", "", "", _rho(vol), _f(vol["aurc"], 4)])
         for sc in ("confidence", "msp", "entropy"):
             v, vol = c["voxel"][sc], c["volume"][sc]
             rows.append([METHOD_NAMES.get(m, m), label[sc], _f(v["auroc_all"]), _f(v["auroc_near"]),
-                         _f(v.get("ece_all")), _f(v.get("ece_near")), _f(vol["spearman"], 2), _f(vol["aurc"], 4)])
+                         _f(v.get("ece_all")), _f(v.get("ece_near")), _rho(vol), _f(vol["aurc"], 4)])
         oracle.append(f"{METHOD_NAMES.get(m, m)}: oracle {_f(c['volume']['oracle']['aurc'], 4)}, "
                       f"random {_f(c['volume']['random']['aurc'], 4)}")
     return _table(["method", "score", "failure AUROC (all voxels)", "AUROC near structures", "ECE all",
-                   "ECE near", "Spearman(reliability, Dice)", "AURC"], rows) + ["", "AURC for reference: " +
+                   "ECE near", "Spearman(reliability, Dice) (95% interval)", "AURC"], rows) + ["", "AURC for reference: " +
                                                                                  "; ".join(oracle) + "."]
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from gase.result import quality_score
 
-from .metrics import aurc, ece, failure_auroc, reliability_bins, roc_points, spearman
+from .metrics import aurc, ece, failure_auroc, reliability_bins, roc_points, spearman, spearman_interval
 
 CONFIDENCE_SCORES = ("confidence", "msp", "entropy")   # the model's confidence head, and two baselines
 # volume reliabilities: the model's quality (the mean of the next two, gase.result.quality_score), stability and
@@ -84,8 +84,9 @@ def volume_score(record: dict, score: str) -> float | None:
 
 
 def volume_summary(records: list[dict]) -> dict:
-    """Per volume reliability score: Spearman(score, Dice), AURC and the risk-coverage curve of the test
-    volumes (source and unseen styles); the oracle's and a random order's AURC."""
+    """Per volume reliability score: Spearman(score, Dice) with its 95% bootstrap interval
+    (:func:`~benchmarks.metrics.spearman_interval`), AURC and the risk-coverage curve of the test volumes
+    (source and unseen styles); the oracle's and a random order's AURC."""
     test = [r for r in records if r["group"] in ("source", "unseen")]
     dice = np.array([r["dice_mean"] for r in test])
     risk = 1.0 - dice
@@ -96,7 +97,8 @@ def volume_summary(records: list[dict]) -> dict:
             continue  # results of an older run (no stability or expected Dice)
         rel = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
         area, cov, sel = aurc(rel, risk)
-        volume[score] = {"spearman": spearman(rel, dice), "aurc": area,
+        volume[score] = {"spearman": spearman(rel, dice), "spearman_95": list(spearman_interval(rel, dice)),
+                         "aurc": area,
                          "curve": {"coverage": np.round(cov, 4).tolist(), "risk": np.round(sel, 4).tolist()}}
     area, cov, sel = aurc(-risk, risk)
     volume["oracle"] = {"aurc": area, "curve": {"coverage": np.round(cov, 4).tolist(), "risk": np.round(sel, 4).tolist()}}
