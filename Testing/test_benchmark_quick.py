@@ -12,6 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -317,3 +318,40 @@ def test_the_quality_of_records_written_before_it_existed_is_computed_for_the_re
         " | >= 0.8 | met: 1.00 / 0.80 / 0.80" \
         in "\n".join(report._targets({"anatomies": {"knee": {"methods": {"gase": {"summary": {
             "confidence": {"volume": vol}}, "records": recs}}}}}))
+
+
+def test_the_ranking_split_by_style_tells_styles_from_subjects():
+    """A score that knows each style's Dice but nothing of the subjects ranks the styles (1.0) and not the
+    volumes within them (about 0); one that knows the subjects but has the styles backwards the other way."""
+    from benchmarks.summary import ranking_by_style
+
+    styles = ["a"] * 4 + ["b"] * 4 + ["c"] * 4
+    base = {"a": 0.90, "b": 0.85, "c": 0.80}
+    within = [0.011, -0.012, 0.021, -0.02, 0.017, -0.004, -0.013, 0.0, -0.022, 0.014, 0.003, 0.005]
+    dice = [base[s] + w for s, w in zip(styles, within)]
+    knows_styles = [base[s] + (0.001 if i % 2 else -0.001) for i, s in enumerate(styles)]
+    b = ranking_by_style(knows_styles, dice, styles)
+    assert b["styles"] == 3 and b["spearman_style_means"] == pytest.approx(1.0)
+    assert abs(b["spearman_within_styles"]) < 0.5
+    between = np.var([base[s] for s in styles]) / np.var(dice)  # the style means are exact here
+    assert b["dice_variance_between_styles"] == pytest.approx(between, rel=0.05) and 0.5 < between < 1.0
+    knows_subjects = [-base[s] + 3 * w for s, w in zip(styles, within)]
+    b = ranking_by_style(knows_subjects, dice, styles)
+    assert b["spearman_style_means"] == pytest.approx(-1.0) and b["spearman_within_styles"] == pytest.approx(1.0)
+    assert np.isnan(ranking_by_style([1.0, 2.0], [0.5, 0.6], ["a", "b"])["spearman_style_means"])
+
+
+def test_the_report_says_where_the_quality_ranking_comes_from():
+    """The confidence section of RESULTS.md carries the split of GASE's quality ranking by style."""
+    from benchmarks.summary import refresh_volume_summaries
+
+    rng = np.random.default_rng(0)
+    recs = [{"group": "unseen", "kind": s, "dice_mean": d, "reliability": {"expected_dice": d + e, "stability": d}}
+            for s, m in (("x", 0.9), ("y", 0.8), ("z", 0.7))
+            for d, e in zip(m + rng.normal(0, 0.01, 5), rng.normal(0, 0.05, 5))]
+    res = {"anatomies": {"knee": {"methods": {"gase": {"summary": {"confidence": {"volume": {}}}, "records": recs}}}}}
+    refresh_volume_summaries(res)
+    lines = report._by_style(res["anatomies"]["knee"])
+    assert len(lines) == 2 and "orders the 3 styles' mean Dice at 1.00" in lines[1]
+    assert "of the Dice's variance lies between the styles" in lines[1]
+    assert report._by_style({"methods": {"gase": {"summary": {"confidence": {"volume": {"quality": {}}}}}}}) == []

@@ -199,7 +199,22 @@ def _confidence(a: dict) -> list[str]:
                       f"random {_f(c['volume']['random']['aurc'], 4)}")
     return _table(["method", "score", "failure AUROC (all voxels)", "AUROC near structures", "ECE all",
                    "ECE near", "Spearman(reliability, Dice) (95% interval)", "AURC"], rows) + ["", "AURC for reference: " +
-                                                                                 "; ".join(oracle) + "."]
+                                                                                 "; ".join(oracle) + "."] \
+        + _by_style(a)
+
+
+def _by_style(a: dict) -> list[str]:
+    """One sentence: where GASE's quality ranking comes from, between styles or within them
+    (:func:`benchmarks.summary.ranking_by_style`); nothing for runs without it."""
+    vol = a["methods"].get("gase", {}).get("summary", {}).get("confidence", {}).get("volume", {})
+    b = vol.get("quality", {}).get("by_style")
+    if not b or not math.isfinite(b.get("spearman_style_means", float("nan"))):
+        return []
+    return ["", f"GASE's quality, split by style: it orders the {b['styles']} styles' mean Dice at "
+                f"{_f(b['spearman_style_means'], 2)} and the volumes within a style at "
+                f"{_f(b['spearman_within_styles'], 2)} (the deviations of each volume's score and Dice from its "
+                f"style's means, pooled); {_f(b['dice_variance_between_styles'], pct=True)} of the Dice's variance lies between "
+                "the styles."]
 
 
 def _validity(a: dict) -> list[str]:

@@ -7,6 +7,8 @@ source-style test volumes (in distribution) with the OOD volumes.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 from gase.result import quality_score
@@ -85,7 +87,7 @@ def volume_score(record: dict, score: str) -> float | None:
 
 def volume_summary(records: list[dict]) -> dict:
     """Per volume reliability score: Spearman(score, Dice) with its 95% bootstrap interval
-    (:func:`~benchmarks.metrics.spearman_interval`), AURC and the risk-coverage curve of the test volumes
+    (:func:`~benchmarks.metrics.spearman_interval`) and split by style (:func:`ranking_by_style`), AURC and the risk-coverage curve of the test volumes
     (source and unseen styles); the oracle's and a random order's AURC."""
     test = [r for r in records if r["group"] in ("source", "unseen")]
     dice = np.array([r["dice_mean"] for r in test])
@@ -98,12 +100,36 @@ def volume_summary(records: list[dict]) -> dict:
         rel = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
         area, cov, sel = aurc(rel, risk)
         volume[score] = {"spearman": spearman(rel, dice), "spearman_95": list(spearman_interval(rel, dice)),
+                         "by_style": ranking_by_style(rel, dice, [r.get("kind", "") for r in test]),
                          "aurc": area,
                          "curve": {"coverage": np.round(cov, 4).tolist(), "risk": np.round(sel, 4).tolist()}}
     area, cov, sel = aurc(-risk, risk)
     volume["oracle"] = {"aurc": area, "curve": {"coverage": np.round(cov, 4).tolist(), "risk": np.round(sel, 4).tolist()}}
     volume["random"] = {"aurc": _nanmean(risk)}
     return volume
+
+
+def ranking_by_style(values: Sequence[float], dice: Sequence[float], styles: Sequence[str]) -> dict:
+    """Where a volume ranking's agreement with the Dice comes from: between styles (Spearman of the styles' mean
+    score against their mean Dice) or within them (Spearman of each volume's score and Dice as deviations from
+    its style's means, pooled), and the share of the Dice's variance that lies between the styles. A score that
+    ranks the styles but not the subjects of one style still ranks well overall when that share is large.
+    NaN parts where there are fewer than 3 styles or no spread."""
+    x, d = np.asarray(values, dtype=np.float64), np.asarray(dice, dtype=np.float64)
+    st = np.asarray(styles)
+    names = sorted(set(st.tolist()))
+    xm = np.array([np.nanmean(x[st == n]) for n in names])
+    dm = np.array([np.mean(d[st == n]) for n in names])
+    x_of = dict(zip(names, xm))
+    d_of = dict(zip(names, dm))
+    dev_x = x - np.array([x_of[n] for n in st])
+    dev_d = d - np.array([d_of[n] for n in st])
+    total = float(np.var(d))
+    return {"styles": len(names),
+            "spearman_style_means": spearman(xm, dm),
+            "spearman_within_styles": spearman(dev_x, dev_d),
+            "dice_variance_between_styles": float(np.var(np.array([d_of[n] for n in st])) / total) if total > 0
+            else float("nan")}
 
 
 def refresh_volume_summaries(res: dict) -> None:
