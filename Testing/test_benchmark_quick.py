@@ -49,9 +49,11 @@ def test_quick_run_writes_every_output(quick_run):
     meta = res["meta"]
     assert meta["mode"] == "quick" and meta["iterations"] == 10 and meta["machine"].startswith("CPU")
     assert meta["torch"] == torch.__version__
+    # the processor and torch's CPU kernels: training reproduces bit for bit only on the same ones
+    assert meta["cpu"] and torch.backends.cpu.get_cpu_capability() in meta["cpu"]
     assert {"data", "train knee/gase", "evaluate pelvis/erm", "plots", "total"} <= set(meta["wall_s"])
     md = (out / "RESULTS.md").read_text()
-    assert "Quick smoke run" in md and "| GASE |" in md
+    assert "Quick smoke run" in md and "| GASE |" in md and meta["cpu"] in md
 
 
 @pytest.mark.slow

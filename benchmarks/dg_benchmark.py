@@ -89,6 +89,25 @@ def machine_name(device: str) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {n} torch thread{'s' if n != 1 else ''})"
 
 
+def cpu_description() -> str:
+    """The processor's model name and the CPU kernels torch chose for it ("..., torch kernels AVX512"): float
+    training reproduces bit for bit only on the same kernels, so two runs' models can be compared exactly
+    only when this matches."""
+    import torch
+
+    name = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    name = name or platform.processor() or platform.machine()
+    capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")()
+    return f"{name}, torch kernels {capability}" if capability else name
+
+
 def probe_seconds_per_iteration(pairs, table, plane: str, train_cfg, steps: int = 16, warmup: int = 6) -> float:
     """Seconds per training iteration (batch sampling + one step) of ``train_cfg`` on this machine, timed
     after ``warmup`` iterations (CUDA start-up, allocator) over ``steps`` (even, so GASE's alternate
@@ -378,7 +397,8 @@ def _meta(cfg: BenchConfig, device: str, iterations: int, per_it: dict, trained:
     from gase.training.config import TrainConfig
 
     return {"mode": "quick" if cfg.quick else "full", "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
-            "machine": machine_name(device), "device": device, "torch": torch.__version__, "monai": monai.__version__,
+            "machine": machine_name(device), "cpu": cpu_description(), "device": device, "torch": torch.__version__,
+            "monai": monai.__version__,
             "python": platform.python_version(), "git_commit": _git_commit(), "iterations": iterations,
             "batch_size": cfg.batch_size, "crop": cfg.crop, "scale": cfg.scale, "test_subjects": cfg.test_subjects,
             "ood_subjects": cfg.ood_subjects, "seed": cfg.seed,

@@ -268,8 +268,9 @@ def run_line(meta: dict) -> str:
                   "(`--reuse-models`).")
     else:
         timing = f"wall time {wall.get('total', float('nan')):.0f} s in all, {train_s:.0f} s of it training."
+    cpu = f"; {meta['cpu']}" if meta.get("cpu") else ""
     return (f"{meta['mode']} run of {meta['date']} on **{meta['machine']}** (torch {meta['torch']}, MONAI "
-            f"{meta['monai']}): {meta['iterations']} training iterations per model (batch {meta['batch_size']}, crop "
+            f"{meta['monai']}{cpu}): {meta['iterations']} training iterations per model (batch {meta['batch_size']}, crop "
             f"{meta['crop']}, {setting(meta, 'crop_sampling')} crop sampling, the same for every method{sized}; data seed {meta.get('seed', 0)}, training seed "
             f"{meta.get('train_seed', meta.get('seed', 0))}); phantom scale {meta['scale']}, "
             f"{meta['test_subjects']} test subjects per style, {meta['ood_subjects']} per OOD kind; {timing}")
