@@ -197,10 +197,9 @@ def _confidence(a: dict) -> list[str]:
                          _f(v.get("ece_all")), _f(v.get("ece_near")), _rho(vol), _f(vol["aurc"], 4)])
         oracle.append(f"{METHOD_NAMES.get(m, m)}: oracle {_f(c['volume']['oracle']['aurc'], 4)}, "
                       f"random {_f(c['volume']['random']['aurc'], 4)}")
-    return _table(["method", "score", "failure AUROC (all voxels)", "AUROC near structures", "ECE all",
-                   "ECE near", "Spearman(reliability, Dice) (95% interval)", "AURC"], rows) + ["", "AURC for reference: " +
-                                                                                 "; ".join(oracle) + "."] \
-        + _by_style(a)
+    table = _table(["method", "score", "failure AUROC (all voxels)", "AUROC near structures", "ECE all",
+                    "ECE near", "Spearman(reliability, Dice) (95% interval)", "AURC"], rows)
+    return table + ["", "AURC for reference: " + "; ".join(oracle) + "."] + _by_style(a)
 
 
 def _by_style(a: dict) -> list[str]:
@@ -210,11 +209,11 @@ def _by_style(a: dict) -> list[str]:
     b = vol.get("quality", {}).get("by_style")
     if not b or not math.isfinite(b.get("spearman_style_means", float("nan"))):
         return []
+    share = _f(b["dice_variance_between_styles"], pct=True)
     return ["", f"GASE's quality, split by style: it orders the {b['styles']} styles' mean Dice at "
                 f"{_f(b['spearman_style_means'], 2)} and the volumes within a style at "
                 f"{_f(b['spearman_within_styles'], 2)} (the deviations of each volume's score and Dice from its "
-                f"style's means, pooled); {_f(b['dice_variance_between_styles'], pct=True)} of the Dice's variance lies between "
-                "the styles."]
+                f"style's means, pooled); {share} of the Dice's variance lies between the styles."]
 
 
 def _validity(a: dict) -> list[str]:

@@ -87,8 +87,8 @@ def volume_score(record: dict, score: str) -> float | None:
 
 def volume_summary(records: list[dict]) -> dict:
     """Per volume reliability score: Spearman(score, Dice) with its 95% bootstrap interval
-    (:func:`~benchmarks.metrics.spearman_interval`) and split by style (:func:`ranking_by_style`), AURC and the risk-coverage curve of the test volumes
-    (source and unseen styles); the oracle's and a random order's AURC."""
+    (:func:`~benchmarks.metrics.spearman_interval`) and split by style (:func:`ranking_by_style`), AURC and the
+    risk-coverage curve of the test volumes (source and unseen styles); the oracle's and a random order's AURC."""
     test = [r for r in records if r["group"] in ("source", "unseen")]
     dice = np.array([r["dice_mean"] for r in test])
     risk = 1.0 - dice
