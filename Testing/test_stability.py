@@ -188,7 +188,9 @@ def test_a_view_never_needs_more_memory_than_the_segmentation(tiny_model, knee_c
     sizes.clear()
     again = predictor.predict(img)
     assert max(h * w for _, h, w in sizes[img.shape[0]:]) > main
-    assert again.stability_per_label == pytest.approx(ref.stability_per_label, nan_ok=True)
+    # (``ref`` ran at the default batch size, ``again`` one slice per batch: on some CPUs (AVX512 kernels,
+    # 7 Dec) the convolutions then sum in another order and a structure's stability moves by ~6e-6)
+    assert again.stability_per_label == pytest.approx(ref.stability_per_label, abs=1e-4, nan_ok=True)
 
 
 @pytest.mark.parametrize("route", ["gase", "style"])
