@@ -82,6 +82,7 @@ PELVIS_TISSUES: tuple[TissueClass, ...] = (
     TissueClass("prostate_peripheral", "prostate_pz", 5),
     TissueClass("prostate_transition", "prostate_tz", 5),
     TissueClass("urethra", "urethra", 5),
+    TissueClass("prostate_capsule", "muscle", 5),
 )
 
 TISSUES: dict[str, tuple[TissueClass, ...]] = {"knee": KNEE_TISSUES, "pelvis": PELVIS_TISSUES}

@@ -65,6 +65,8 @@ class PelvisSubject:
                        (("body", 4.0, 80, 250), ("fat", 0.3, 40, 150), ("organ", 1.5, 30, 90), ("bone", 0.7, 25, 80),
                         ("gas", 0.3, 20, 60), ("rect", 1.5, 30, 90))}
         self.septa = WaveField(r, 1.0, 30, 90)
+        # its own stream, so that every other draw (and so every earlier subject) stays as it was
+        self.capsule_mm = float(subject_rng("pelvis", seed, "capsule").uniform(1.2, 2.0))
 
     def sample(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
         f = Frame(x, y, z, shift=self.shift)
@@ -163,6 +165,8 @@ class PelvisSubject:
             v = tis[blk.sl]
             v[d < 0] = T["prostate_peripheral"]
             v[(d < 0) & (dtz < 0)] = T["prostate_transition"]
+            # the capsule: a fibromuscular rim, dark on T2, that outlines the gland against the fat
+            v[(d < 0) & (d > -self.capsule_mm)] = T["prostate_capsule"]
             v[(d < 0) & (dur < 0)] = T["urethra"]
 
     def _rectum(self, f, tis) -> None:
