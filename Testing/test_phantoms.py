@@ -261,6 +261,33 @@ def test_image_contrasts_pelvis():
         assert pure_mean("pelvis", style, hi) > factor * pure_mean("pelvis", style, lo), (style, hi, lo)
 
 
+def test_prostate_capsule_outlines_the_gland_and_leaves_the_labels_alone():
+    """A real prostate shows its outline on T2 as a thin dark capsule between the bright peripheral zone
+    and the bright periprostatic fat; without it the phantom's gland had no edge against fat on T2 FSE."""
+    p = _sig("pelvis", "t2_fse")
+    assert p["prostate_capsule"] < 0.5 * min(p["prostate_peripheral"], p["fat"])  # dark rim on T2
+    from scipy.ndimage import distance_transform_edt
+    from gase.phantoms.pelvis import PelvisSubject
+    ids, lut = tissue_ids("pelvis"), label_lookup("pelvis")
+    assert lut[ids["prostate_capsule"]] == 5  # part of the gland: the outline a reader draws
+    x = np.arange(-40.0, 40.0, 0.5, dtype=np.float32)
+    y = np.arange(-20.0, 60.0, 0.5, dtype=np.float32)
+    z = np.arange(-65.0, 15.0, 0.5, dtype=np.float32)
+    for seed in (subject_seed(0, 0), subject_seed(1, 3)):
+        subj = PelvisSubject(seed)
+        assert 1.2 <= subj.capsule_mm <= 2.0
+        tis = subj.sample(x, y, z)
+        gland = lut[tis] == 5
+        cap = tis == ids["prostate_capsule"]
+        assert 0.05 < cap.sum() / gland.sum() < 0.35
+        # a shell about its thickness deep (thicker where the gland's outline is bumpy), never its core
+        depth = distance_transform_edt(gland, sampling=0.5)[cap]
+        assert np.percentile(depth, 90) <= subj.capsule_mm + 0.5 and depth.max() <= 2 * subj.capsule_mm
+        # and drawn inside the old outline: the labels are those of the gland without it
+        subj.capsule_mm = 0.0
+        assert np.array_equal(lut[subj.sample(x, y, z)], lut[tis])
+
+
 @pytest.mark.parametrize("anatomy,style", [("knee", "pd_fse"), ("knee", "pd_fse_1t_lowsnr"),
                                            ("pelvis", "t2_fse"), ("pelvis", "stir")])
 def test_rician_noise_matches_the_snr(anatomy, style):

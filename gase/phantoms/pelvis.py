@@ -1,7 +1,8 @@
 """Male pelvis phantom: body outline with skin and subcutaneous fat, gluteal, iliopsoas, obturator,
 pelvic-floor and thigh muscles, iliac vessels, hip bones (acetabulum, ilium, ischium, pubis),
 femora (head, neck, trochanters, shaft), sacrum and coccyx, bladder (wall and urine), prostate
-(peripheral and transition zones, urethra), seminal vesicles and rectum (wall, content, gas).
+(peripheral and transition zones, urethra, and the fibromuscular capsule
+that outlines it, dark on T2), seminal vesicles and rectum (wall, content, gas).
 
 Subject frame (mm, RAS): origin between the femoral head centres, +z superior. The prostate sits
 behind the lower pubic symphysis with the bladder on top of it, the rectum behind both following
