@@ -38,6 +38,29 @@ def test_merge_refuses_different_protocols_and_duplicate_anatomies():
         merge([_run("knee", 1.0), balanced])
 
 
+def test_merge_joins_one_anatomys_methods_trained_side_by_side():
+    gase = _run("pelvis", 7000.0)
+    gase["anatomies"]["pelvis"]["methods"] = {"gase": {"summary": 3}}
+    gase["meta"]["training"] = {"pelvis/gase": {"iterations": 1000, "seconds": 6000.0}}
+    others = _run("pelvis", 4000.0)
+    others["anatomies"]["pelvis"]["methods"] = {"randcurve": {"summary": 2}, "erm": {"summary": 1}}
+    others["meta"]["training"]["pelvis/randcurve"] = {"iterations": 1000, "seconds": 2000.0}
+    m = merge([gase, others])
+    assert list(m["anatomies"]["pelvis"]["methods"]) == ["erm", "randcurve", "gase"]  # the report's order
+    assert m["anatomies"]["pelvis"]["methods"]["gase"] == {"summary": 3}
+    assert m["anatomies"]["pelvis"]["source_style"] == "s"
+    assert set(m["meta"]["training"]) == {"pelvis/erm", "pelvis/randcurve", "pelvis/gase"}
+    assert m["meta"]["wall_s"]["total"] == 7000.0
+    assert gase["anatomies"]["pelvis"]["methods"] == {"gase": {"summary": 3}}  # the inputs are left as they were
+    with pytest.raises(ValueError, match="same methods \\(erm\\)"):
+        merge([others, _run("pelvis", 1.0) | {"anatomies": {"pelvis": {"source_style": "s",
+                                                                         "methods": {"erm": {}}}}}])
+    other_test_set = _run("pelvis", 1.0)
+    other_test_set["anatomies"]["pelvis"] = {"source_style": "t2_3t", "methods": {"erm": {}}}
+    with pytest.raises(ValueError, match="different source_style"):
+        merge([gase, other_test_set])
+
+
 def test_dg_probe_reports_dice_per_style_and_the_unseen_mean(tmp_path):
     import numpy as np
     import torch

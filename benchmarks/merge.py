@@ -1,10 +1,11 @@
-"""Merge benchmark runs of different anatomies (run side by side, e.g. one process per CPU core) into one
-results folder, then write RESULTS.md, the plots and optionally the README section from it.
+"""Merge benchmark runs of different anatomies or methods (run side by side, e.g. one process per CPU
+core) into one results folder, then write RESULTS.md, the plots and optionally the README section from it.
 
     python -m benchmarks.merge OUT RUN_A RUN_B [--update-readme]
 
 Each RUN holds a finished run's ``results.json`` (and ``panel.npz``). The runs must share the protocol
-(iterations, batch, crop, phantom scale, subjects per style); an anatomy may appear in one run only.
+(iterations, batch, crop, phantom scale, subjects per style). An anatomy may appear in several runs with
+different methods (one anatomy's methods trained side by side) when everything but the methods is equal.
 The merged ``meta`` keeps the first run's fields, sums the training records, takes the longest run's
 wall time as the total (the runs ran at the same time) and lists every run's command under ``parts``.
 """
@@ -18,8 +19,24 @@ import numpy as np
 
 from .report import setting
 
+METHOD_ORDER = ("erm", "randcurve", "gase")  # the report's order of the methods
 PROTOCOL = ("mode", "iterations", "batch_size", "crop", "crop_sampling", "scale", "test_subjects", "ood_subjects",
             "seed")
+
+
+def _join_methods(into: dict, other: dict, name: str) -> None:
+    """Add ``other``'s methods to ``into`` (one anatomy's results from two runs, e.g. its methods trained
+    side by side); the two must be the same test set (every field but the methods equal), methods disjoint."""
+    fields = [k for k in sorted(set(into) | set(other)) if k != "methods" and into.get(k) != other.get(k)]
+    if fields:
+        raise ValueError(f"anatomy {name} is in more than one run with different {', '.join(fields)}")
+    both = sorted(set(into["methods"]) & set(other.get("methods", {})))
+    if both or not other.get("methods"):
+        raise ValueError(f"anatomy {name} is in more than one run"
+                         + (f" with the same methods ({', '.join(both)})" if both else ""))
+    order = list(METHOD_ORDER) + sorted(set(into["methods"]) | set(other["methods"]))
+    joined = {**into["methods"], **other["methods"]}
+    into["methods"] = {m: joined[m] for m in dict.fromkeys(order) if m in joined}
 
 
 def merge(runs: list[dict], machine: str | None = None) -> dict:
@@ -39,8 +56,9 @@ def merge(runs: list[dict], machine: str | None = None) -> dict:
             raise ValueError(f"runs differ in {', '.join(diff)}: only runs of the same protocol can be merged")
         for name, a in r["anatomies"].items():
             if name in out["anatomies"]:
-                raise ValueError(f"anatomy {name} is in more than one run")
-            out["anatomies"][name] = a
+                _join_methods(out["anatomies"][name], a, name)
+            else:
+                out["anatomies"][name] = {**a, "methods": dict(a.get("methods", {}))}
         training.update(meta.get("training", {}))
         for k, v in meta.get("wall_s", {}).items():
             if k != "total":
