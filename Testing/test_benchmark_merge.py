@@ -17,6 +17,7 @@ def _run(anatomy, total, iterations=1000, command="cmd"):
 def test_merge_joins_anatomies_and_keeps_every_command():
     m = merge([_run("knee", 100.0), _run("pelvis", 120.0)])
     assert list(m["anatomies"]) == ["knee", "pelvis"]
+    assert list(merge([_run("pelvis", 120.0), _run("knee", 100.0)])["anatomies"]) == ["knee", "pelvis"]
     assert set(m["meta"]["training"]) == {"knee/erm", "pelvis/erm"}
     assert m["meta"]["wall_s"]["total"] == 120.0  # side by side: the longest run
     assert m["meta"]["wall_s"]["data"] == 2.0

@@ -65,6 +65,7 @@ def merge(runs: list[dict], machine: str | None = None) -> dict:
                 wall[k] = round(wall.get(k, 0.0) + v, 2)
         parts.append({"command": meta.get("command"), "machine": meta.get("machine"),
                       "wall_total_s": meta.get("wall_s", {}).get("total"), "anatomies": list(r["anatomies"])})
+    out["anatomies"] = dict(sorted(out["anatomies"].items()))  # the same order whichever run came first
     wall["total"] = max((p["wall_total_s"] or 0.0) for p in parts)
     out["meta"].update(training=training, wall_s=wall, parts=parts,
                        command=" & ".join(p["command"] or "?" for p in parts))
