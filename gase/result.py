@@ -71,9 +71,12 @@ def quality_score(expected_dice: float | None, stability: float | None) -> float
     0.79 (0.39); the 8 runs before the 6 Dec choice: 0.65, 0.68 and 0.76. Not a calibrated Dice: the expected
     Dice alone is closer to the true Dice in absolute terms (mean absolute error 0.047 against 0.060).
     Neither sees an error the network makes with confidence: the pelvis network trained for 2000 iterations
-    on the phantom before its prostate capsule (7 Dec) labels the fat around a small prostate as prostate, and on new subjects the prostate's scores do not
-    follow its Dice (Spearman -0.14) while every other structure's do (0.76-0.96); its volumes rank at 0.70
-    (``python -m benchmarks.diagnose MODEL --reliability``; ``benchmarks/results/cpu-2000-data1/``).
+    on the phantom before its prostate capsule (7 Dec) labels the fat around a small prostate as prostate,
+    and on new subjects the prostate's scores do not follow its Dice (Spearman -0.14) while every other
+    structure's do (0.76-0.96); its volumes rank at 0.70 (``python -m benchmarks.diagnose MODEL
+    --reliability``; ``benchmarks/results/cpu-2000-data1/``). With the capsule drawn, the network follows
+    the gland's outline and the prostate's quality its Dice (0.90; volumes 0.95;
+    ``benchmarks/results/cpu-2000-data1-capsule/``).
     It ranks scans of different styles (protocols) far better than scans of one: on the default run's test
     volumes it orders the six styles' mean Dice at 0.94 (knee) / 0.94 (pelvis) and the volumes within a style
     at 0.05 / 0.36 (``benchmarks.summary.ranking_by_style``).
