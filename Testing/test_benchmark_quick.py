@@ -287,6 +287,37 @@ def test_report_counts_the_extra_source_subjects_of_this_runs_model(quick_run, t
     assert "more subjects" not in (folder / "RESULTS.md").read_text()
 
 
+def test_a_count_for_a_gase_model_that_trained_its_own_expert_is_attached(tiny_model, tmp_path):
+    """Without ERM in the run, GASE trains its source expert inside; its record's seconds count both, its card's
+    only the GASE segmenter's: the record must say which were the expert's, or the report refuses the count."""
+    from benchmarks.dg_benchmark import with_own_expert
+
+    card = json.loads((tiny_model / "model.json").read_text())
+    own, expert = card["training"]["seconds"], card["source_expert"]["training"]["seconds"]
+    assert expert > 0
+    record = with_own_expert(tiny_model, {"iterations": 12, "seconds": round(own + expert, 1)})
+    assert record["source_expert_seconds"] == pytest.approx(expert, abs=0.051)
+    # beside an ERM run (merged), its expert is not that ERM model: the run's training time counts both
+    erm = {"iterations": 12, "seconds": 50.0}
+    assert report.training_seconds({"knee/gase": record, "knee/erm": erm}) == pytest.approx(record["seconds"] + 50.0)
+    threshold = card["validity"]["threshold"]
+    fi = {"model": "models/knee-gase", "model_training_seconds": own, "data_seed": 0,
+          "summary": {"volumes": 3, "invalid": 0, "threshold": threshold}}
+    (tmp_path / "false_invalid_knee.json").write_text(json.dumps(fi))
+
+    def res(training):
+        return {"meta": {"seed": 0}, "anatomies": {"knee": {"methods": {"gase": {
+            "training": training, "records": [{"validity": {"threshold": threshold}}]}}}}}
+
+    attached = res(record)
+    assert report.attach_false_invalid(attached, tmp_path) == [
+        "attached false_invalid_knee.json: 0 of 3 more source-style subjects called invalid"]
+    assert attached["anatomies"]["knee"]["false_invalid_extra"]["volumes"] == 3
+    without = res({k: v for k, v in record.items() if not k.startswith("source_expert")})  # as it was before
+    assert "not attached" in report.attach_false_invalid(without, tmp_path)[0]
+    assert "false_invalid_extra" not in without["anatomies"]["knee"]
+
+
 def test_source_dice_target_counts_gase_above_erm_as_met():
     """'Within 0.02 of ERM' keeps plain training's source accuracy: 0.026 above ERM is met, 0.026 below not."""
     def res(gase_source):

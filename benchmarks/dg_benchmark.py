@@ -232,6 +232,8 @@ def run(cfg: BenchConfig) -> dict:
                     if expert_from is not None:
                         trained[f"{a}/{m}"] = with_source_expert(folder, erm_folder, trained[f"{a}/{m}"],
                                                                  training_pairs(d.train), training_pairs(d.val))
+                    elif m == "gase":
+                        trained[f"{a}/{m}"] = with_own_expert(folder, trained[f"{a}/{m}"])
                 with stage(cfg, f"evaluate {a}/{m}"):
                     ev = evaluate_model(Predictor.from_folder(folder, device=device), d, m, tuple(panel_styles), pool)
                     summary = summarize_model(ev.records, ev.voxels, entry["label_names"], d.source_style,
@@ -381,6 +383,18 @@ def with_source_expert(folder: Path, erm_folder: Path, record: dict, train_pairs
     return {**record, "seconds": round(float(record["seconds"]) + expert_seconds, 1),
             "source_expert_seconds": expert_seconds,
             "val_dice": (card.metrics or {}).get("validation_dice", record.get("val_dice", {}))}
+
+
+def with_own_expert(folder: Path, record: dict) -> dict:
+    """The training record of a GASE model that trained its source expert itself (no ERM model in the run): its
+    seconds already count the expert's; ``source_expert_seconds`` says how many were the expert's (from the
+    model card), so that the GASE segmenter's own seconds, which its card stores, can be told from the total
+    (:func:`benchmarks.report.attach_false_invalid` matches a false-invalid count to its model by them)."""
+    from gase.model_card import load_card
+
+    expert = load_card(folder).source_expert or {}
+    return {**record, "source_expert_seconds": round(float(expert.get("training", {}).get("seconds", 0.0)), 1),
+            "source_expert_trained_inside": True}
 
 
 def _git_commit() -> str:

@@ -232,13 +232,14 @@ def _validity(a: dict) -> list[str]:
 def training_seconds(records: dict, keys=None) -> float:
     """Seconds of training of the runs ``keys`` of ``records`` (``meta["training"]``, keyed "anatomy/method";
     default all), each model counted once: a GASE model's seconds include its source expert's
-    (``source_expert_seconds``), which is the same anatomy's ERM model when that is in ``records`` too."""
+    (``source_expert_seconds``), which is the same anatomy's ERM model when that is in ``records`` too, unless the
+    GASE run trained its expert itself (``source_expert_trained_inside``: a run without ERM, merged with one)."""
     total = 0.0
     for k in records if keys is None else keys:
         v = records[k]
         total += float(v.get("seconds", 0.0))
         erm = f"{k.split('/')[0]}/erm"
-        if erm != k and erm in records and (keys is None or erm in keys):
+        if erm != k and erm in records and (keys is None or erm in keys) and not v.get("source_expert_trained_inside"):
             total -= float(v.get("source_expert_seconds", 0.0))
     return total
 
@@ -256,7 +257,7 @@ def run_line(meta: dict) -> str:
         # a GASE model trained here was given its source expert, the reused ERM model: not trained here
         here = training_seconds(records, fresh) - sum(
             float(records[k].get("source_expert_seconds", 0.0)) for k in fresh
-            if f"{k.split('/')[0]}/erm" in reused)
+            if f"{k.split('/')[0]}/erm" in reused and not records[k].get("source_expert_trained_inside"))
         timing = (f"wall time {wall.get('total', float('nan')):.0f} s; {', '.join(fresh)} trained here "
                   f"({here:.0f} s of training), "
                   f"{', '.join(reused)} trained by an earlier run with the same settings and re-evaluated here "
