@@ -34,8 +34,10 @@ import numpy as np
 if TYPE_CHECKING:
     from gase.training.config import TrainConfig
 
+# stability_slices: each prediction's stability check re-segments this many slices (the predictor's default is
+# gase.predictor.STABILITY_SLICES): two thirds of a quick evaluation's time went there
 QUICK = {"scale": 0.5, "test_subjects": 2, "ood_subjects": 1, "n_styles": 2, "iterations": 10, "batch_size": 4,
-         "crop": 64}
+         "crop": 64, "stability_slices": 4}
 FULL_DEFAULT_ITERATIONS = 1500
 
 
@@ -66,6 +68,7 @@ class BenchConfig:
     retrain: tuple[str, ...] = ()  # with reuse_models: these methods are trained anew, the others reused
     context_slices: int = 1  # every method's segmenter reads this many slices (gase.context; 1: 2D)
     context_mm: float | None = None  # their distance (default: the training scans' slice spacing)
+    stability_slices: int | None = None  # slices of each prediction's stability check (None: the predictor's)
     wall: dict = field(default_factory=dict)
 
 
@@ -141,7 +144,7 @@ def run(cfg: BenchConfig) -> dict:
     import torch
 
     from gase.labels import ANATOMY_LABELS
-    from gase.predictor import Predictor, resolve_device
+    from gase.predictor import resolve_device
     from gase.training.config import TrainConfig
     from gase.training.loop import train
     from gase.training.run import DEFAULT_PLANE
@@ -235,14 +238,14 @@ def run(cfg: BenchConfig) -> dict:
                     elif m == "gase":
                         trained[f"{a}/{m}"] = with_own_expert(folder, trained[f"{a}/{m}"])
                 with stage(cfg, f"evaluate {a}/{m}"):
-                    ev = evaluate_model(Predictor.from_folder(folder, device=device), d, m, tuple(panel_styles), pool)
+                    ev = evaluate_model(load_predictor(cfg, folder, device), d, m, tuple(panel_styles), pool)
                     summary = summarize_model(ev.records, ev.voxels, entry["label_names"], d.source_style,
                                               list(specs[a].unseen_styles))
                 entry["methods"][m] = {"summary": summary, "records": ev.records, "manifold": ev.manifold,
                                        "training": trained[f"{a}/{m}"]}
                 if m == "gase":  # a model with a source expert: its other route on the test volumes, same run
                     with stage(cfg, f"evaluate {a}/{m}, other route"):
-                        other = other_route(folder, device, d, entry, pool)
+                        other = other_route(load_predictor(cfg, folder, device), d, entry, pool)
                     if other is not None:
                         entry["methods"][m]["other_route"] = other
                         o = other["summary"]["segmentation"]
@@ -278,19 +281,26 @@ def run(cfg: BenchConfig) -> dict:
     return results
 
 
-def other_route(folder: Path, device: str, data, entry: dict, pool) -> dict | None:
-    """The GASE model in ``folder`` evaluated on the test volumes (source and unseen styles; no OOD) through the
-    route it does not take by default (see :data:`gase.predictor.ROUTES`: ``"style"`` for a model that routes
-    ``"gase"`` and the reverse), so that both routes of one model are compared in the same run. None for a model
-    without a source expert."""
-    from dataclasses import replace
-
+def load_predictor(cfg: BenchConfig, folder: Path, device: str):
+    """The model in ``folder`` as the benchmark evaluates it (``cfg.stability_slices``, where set)."""
     from gase.predictor import Predictor
+
+    predictor = Predictor.from_folder(folder, device=device)
+    if cfg.stability_slices is not None:
+        predictor.stability_slices = cfg.stability_slices
+    return predictor
+
+
+def other_route(predictor, data, entry: dict, pool) -> dict | None:
+    """The GASE model of ``predictor`` (a :class:`gase.predictor.Predictor`) evaluated on the test volumes (source
+    and unseen styles; no OOD) through the route it does not take by default (see :data:`gase.predictor.ROUTES`:
+    ``"style"`` for a model that routes ``"gase"`` and the reverse), so that both routes of one model are compared
+    in the same run. None for a model without a source expert."""
+    from dataclasses import replace
 
     from .evaluate import evaluate_model
     from .summary import confidence_summary, segmentation_summary
 
-    predictor = Predictor.from_folder(folder, device=device)
     if predictor.expert is None:
         return None
     default = predictor.route_in_use()
@@ -418,6 +428,7 @@ def _meta(cfg: BenchConfig, device: str, iterations: int, per_it: dict, trained:
             "ood_subjects": cfg.ood_subjects, "seed": cfg.seed,
             "train_seed": cfg.train_seed, "crop_sampling": TrainConfig().crop_sampling,
             "context_slices": cfg.context_slices, "context_mm": cfg.context_mm,
+            **({"stability_slices": cfg.stability_slices} if cfg.stability_slices is not None else {}),
             "train_seconds_budget": cfg.train_seconds,
             "probe_seconds_per_iteration": {k: round(v, 5) for k, v in per_it.items()}, "training": trained,
             "command": " ".join(sys.argv)}
@@ -501,7 +512,8 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
                       train_seed=a.seed if a.train_seed is None else a.train_seed,
                       threads=a.threads, update_readme=a.update_readme, models_dir=a.models_dir,
                       overwrite=a.overwrite, reuse_models=a.reuse_models, retrain=tuple(a.retrain),
-                      context_slices=a.context_slices, context_mm=a.context_mm)
+                      context_slices=a.context_slices, context_mm=a.context_mm,
+                      stability_slices=q.get("stability_slices"))
     if cfg.reuse_models and cfg.train_seconds:
         ap.error("--reuse-models evaluates models trained earlier: give their --iterations, not --train-seconds")
     if cfg.test_subjects < 2 or cfg.ood_subjects < 1:
