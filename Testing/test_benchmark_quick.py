@@ -48,6 +48,7 @@ def test_quick_run_writes_every_output(quick_run):
             assert (out / "models" / f"{a}-{m}" / "model.json").is_file()
     meta = res["meta"]
     assert meta["mode"] == "quick" and meta["iterations"] == 10 and meta["machine"].startswith("CPU")
+    assert meta["stability_slices"] == 4  # the quick run's shorter stability check
     assert meta["torch"] == torch.__version__
     # the processor and torch's CPU kernels: training reproduces bit for bit only on the same ones
     assert meta["cpu"] and torch.backends.cpu.get_cpu_capability() in meta["cpu"]
@@ -223,6 +224,16 @@ def test_retrain_one_method_and_reuse_the_others(quick_run, tmp_path):
     assert "knee/gase trained here" in text and "`--reuse-models --retrain`" in text
     with pytest.raises(SystemExit):
         main(["--quick", "--anatomy", "knee", "--out", str(tmp_path / "x"), "--retrain", "gase"])
+
+
+def test_stability_slices_are_the_predictors_unless_asked(tmp_path):
+    from benchmarks.dg_benchmark import parse_args
+
+    assert parse_args(["--out", str(tmp_path / "a")]).stability_slices is None  # the predictor's default
+    assert parse_args(["--out", str(tmp_path / "a"), "--quick"]).stability_slices == 4
+    assert parse_args(["--out", str(tmp_path / "a"), "--quick", "--stability-slices", "16"]).stability_slices == 16
+    with pytest.raises(SystemExit):
+        parse_args(["--out", str(tmp_path / "a"), "--stability-slices", "0"])
 
 
 def test_false_invalid_upper_bound_and_seed_stream():

@@ -494,6 +494,9 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     ap.add_argument("--context-mm", type=float, default=None, metavar="MM",
                     help="with --context-slices: the distance between the slices read (default: the training scans' "
                          "slice spacing)")
+    ap.add_argument("--stability-slices", type=int, default=None, metavar="N",
+                    help="slices each prediction's stability check re-segments (default: the predictor's, "
+                         "gase.predictor.STABILITY_SLICES; quick 4)")
     a = ap.parse_args(argv)
     if a.context_slices < 1 or a.context_slices % 2 == 0:
         ap.error("--context-slices must be an odd number (1: the slice alone)")
@@ -513,9 +516,11 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
                       threads=a.threads, update_readme=a.update_readme, models_dir=a.models_dir,
                       overwrite=a.overwrite, reuse_models=a.reuse_models, retrain=tuple(a.retrain),
                       context_slices=a.context_slices, context_mm=a.context_mm,
-                      stability_slices=q.get("stability_slices"))
+                      stability_slices=pick(a.stability_slices, "stability_slices", None))
     if cfg.reuse_models and cfg.train_seconds:
         ap.error("--reuse-models evaluates models trained earlier: give their --iterations, not --train-seconds")
+    if cfg.stability_slices is not None and cfg.stability_slices < 1:
+        ap.error("--stability-slices must be at least 1")
     if cfg.test_subjects < 2 or cfg.ood_subjects < 1:
         ap.error("--test-subjects must be >= 2 and --ood-subjects >= 1")
     return cfg

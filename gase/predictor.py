@@ -228,7 +228,10 @@ def run_slices(model: SliceModel, x: torch.Tensor, spacing_hw: tuple[float, floa
     conf = conf[:n, :, : size[0], : size[1]].float()
     raw_fg = None
     if offsets is not None:  # the size check reads the network's own foreground (see Predictor._validity)
-        raw_fg = (logits.argmax(1) != 0).sum(dtype=torch.float64) * (h * w / (size[0] * size[1]))
+        # argmax(1) != 0 (a tie with the background goes to the background), without argmax: ~100x faster on
+        # the CPU (argmax over the classes of a 384 x 384 slice: 14 ms, 7% of the demo model's prediction)
+        foreground = logits[:, 1:].amax(1) > logits[:, 0]
+        raw_fg = foreground.sum(dtype=torch.float64) * (h * w / (size[0] * size[1]))
         logits = logits + offsets.to(logits.device)
     probs = torch.softmax(logits, dim=1)  # also needed for the expected Dice (class probability sums)
     if tuple(size) != (h, w):
