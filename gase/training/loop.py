@@ -345,7 +345,7 @@ class Trainer:
             logits = out.logits[..., :h, :w].float()
             if offsets is not None:
                 logits = logits + offsets.to(logits.device).reshape(1, -1, 1, 1)
-            labs.append(logits.argmax(1).cpu())
+            labs.append(logits.max(1).indices.cpu())  # argmax's first-maximum rule, several times faster on the CPU
             confs.append(out.conf_logit[:, 0, :h, :w].float().cpu())
             feats.append(torch.cat([style, out.features], 1).float().cpu())
         self.seg.train(), self.enc.train()
