@@ -195,8 +195,8 @@ def organ_warp(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, prob: flo
     its capsule, 7 Dec), it then draws the size it saw in training, and the small glands of new subjects
     come out twice too large, with a confidence that cannot tell (``python -m benchmarks.diagnose MODEL
     --reliability``). Warped crops keep the structure's inner pattern (a prostate's transition zone scales
-    with it) and decouple its size from the anatomy around it. Measured on the pelvis at 2000 iterations (``TrainConfig.organ_warp_prob``, off by
-    default; numbers in :mod:`gase.training.loop`): the over-segmentation shrank (1.78 -> 1.64 times the
+    with it) and decouple its size from the anatomy around it. Measured on the pelvis at 2000 iterations
+    (``TrainConfig.organ_warp_prob``, off by default; numbers in :mod:`gase.training.loop`): the over-segmentation shrank (1.78 -> 1.64 times the
     true size) but did not go away, and the quality ranking did not improve.
     """
     if not 0.66 <= scale[0] <= scale[1] <= 2.0:
